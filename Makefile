@@ -1,0 +1,28 @@
+# The two commands (see README):  make pipeline  |  make test
+# Both create .venv and install what they need first; nothing else has to be set up by hand.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: pipeline test setup data-source
+
+pipeline: setup data-source
+	dvc repro
+
+test: setup
+	python -m pytest $(PYTEST_ARGS)
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+# Offline machines: the download stage reads the Debian package's folder when it is there.
+data-source:
+	@bash scripts/ensure-data-source.sh

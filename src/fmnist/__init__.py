@@ -1,0 +1,1 @@
+"""Reproducible AlexNet on Fashion-MNIST: the shared package behind the DVC stages."""

@@ -1,0 +1,70 @@
+"""Atomic output files: written to a temp file in the same folder, then renamed into place.
+
+A stage killed at any moment leaves either the previous file or none, never a truncated one that
+a later stage could read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path next to ``path``; on success fsync it and rename it to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp_path, 0o644)
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_open(path) as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def save_array(path: str | Path, array: np.ndarray) -> None:
+    """``np.save`` atomically (``.npy`` has no timestamps, so equal arrays give equal bytes)."""
+    with atomic_open(path, "wb") as f:
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def load_array(path: str | Path, mmap: bool = False) -> np.ndarray:
+    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+def clean_dir(path: str | Path, keep: tuple[str, ...] = ()) -> Path:
+    """Create ``path`` and remove files in it that a previous run left, except ``keep``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for child in path.iterdir():
+        if child.name not in keep and child.is_file():
+            child.unlink()
+    return path

@@ -1,0 +1,138 @@
+"""AlexNet for 1-channel images, as in the seed notebook, with its output layer fixed.
+
+``AlexNet`` (227 px input, 4096-wide head) and ``AlexNetSmall`` (67 px, 128-wide head) share the
+five-convolution trunk; the width of the first linear layer follows from the input size. The seed
+put ReLU and dropout on the 10 output logits too (``head="seed"``): logits can then never be
+negative and dropout zeroes whole class scores, which cripples training. The default
+``head="linear"`` ends in a plain linear layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+HIDDEN = {"AlexNet": 4096, "AlexNetSmall": 128}
+N_CLASSES = 10
+
+
+class ConvReLU(nn.Module):
+    """Conv2d + ReLU, He (Kaiming normal) init, zero bias."""
+
+    def __init__(self, in_channels: int, out_channels: int, **conv_kwargs):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, **conv_kwargs)
+        self.relu = nn.ReLU(inplace=True)
+        nn.init.kaiming_normal_(self.conv.weight, nonlinearity="relu")
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv(x))
+
+
+class LinearReLU(nn.Module):
+    """Linear + ReLU + dropout, Xavier (Glorot normal) init, zero bias."""
+
+    def __init__(self, in_features: int, out_features: int, dropout: float = 0.5):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+        self.relu = nn.ReLU(inplace=True)
+        self.dropout = nn.Dropout(dropout)
+        nn.init.xavier_normal_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.relu(self.linear(x)))
+
+
+def _out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def feature_size(input_size: int) -> int:
+    """Side of the trunk's last feature map for a square input of ``input_size`` pixels."""
+    s = _out(input_size, 11, 4)  # conv1
+    s = _out(s, 3, 2)  # pool1; conv2 keeps the size (5x5, padding 2)
+    s = _out(s, 3, 2)  # pool2; conv3..conv5 keep it (3x3, padding 1)
+    return _out(s, 3, 2)  # pool3
+
+
+def min_input_size() -> int:
+    """The smallest input side for which the trunk still leaves a 1x1 feature map (67)."""
+    size = 11
+    while feature_size(size) < 1:
+        size += 1
+    return size
+
+
+class AlexNetBase(nn.Module):
+    """The five-convolution AlexNet trunk with a three-layer classifier.
+
+    Parameters
+    ----------
+    input_size : int
+        Side of the square 1-channel input; sets the width of the first linear layer.
+    hidden : int
+        Width of the two hidden linear layers.
+    dropout : float
+        Dropout after each hidden linear layer.
+    head : "linear" or "seed"
+        "linear" ends in a plain ``nn.Linear``; "seed" reproduces the notebook's ReLU + dropout
+        on the logits.
+    lrn : bool
+        Local response normalisation after conv1 and conv2, as in the paper.
+    """
+
+    def __init__(self, input_size: int, hidden: int, dropout: float = 0.5, head: str = "linear",
+                 lrn: bool = False):
+        super().__init__()
+        side = feature_size(input_size)
+        if side < 1:
+            raise ValueError(f"input_size={input_size} is too small; allowed: {min_input_size()} or more")
+        self.c1 = ConvReLU(1, 96, kernel_size=11, stride=4)
+        self.n1 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0) if lrn else nn.Identity()
+        self.p1 = nn.MaxPool2d(3, 2)
+        self.c2 = ConvReLU(96, 256, kernel_size=5, padding=2)
+        self.n2 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0) if lrn else nn.Identity()
+        self.p2 = nn.MaxPool2d(3, 2)
+        self.c3 = ConvReLU(256, 384, kernel_size=3, padding=1)
+        self.c4 = ConvReLU(384, 384, kernel_size=3, padding=1)
+        self.c5 = ConvReLU(384, 256, kernel_size=3, padding=1)
+        self.p3 = nn.MaxPool2d(3, 2)
+        self.flatten = nn.Flatten()
+        self.l1 = LinearReLU(256 * side * side, hidden, dropout=dropout)
+        self.l2 = LinearReLU(hidden, hidden, dropout=dropout)
+        if head == "seed":
+            self.l3 = LinearReLU(hidden, N_CLASSES, dropout=dropout)
+        elif head == "linear":
+            self.l3 = nn.Linear(hidden, N_CLASSES)
+            nn.init.xavier_normal_(self.l3.weight)
+            nn.init.zeros_(self.l3.bias)
+        else:
+            raise ValueError(f"head={head!r}; allowed: 'linear', 'seed'")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 1, S, S), S=67 for the small net
+        x = self.p1(self.n1(self.c1(x)))  # (B, 96, 7, 7)
+        x = self.p2(self.n2(self.c2(x)))  # (B, 256, 3, 3)
+        x = self.p3(self.c5(self.c4(self.c3(x))))  # (B, 256, 1, 1)
+        x = self.flatten(x)  # (B, 256)
+        return self.l3(self.l2(self.l1(x)))  # (B, 10) logits
+
+
+class AlexNet(AlexNetBase):
+    """The full-size AlexNet for 227 px input (9216 -> 4096 -> 4096 -> 10)."""
+
+    def __init__(self, input_size: int = 227, dropout: float = 0.5, head: str = "linear",
+                 lrn: bool = False):
+        super().__init__(input_size, HIDDEN["AlexNet"], dropout, head, lrn)
+
+
+class AlexNetSmall(AlexNetBase):
+    """The seed's small AlexNet for 67 px input (256 -> 128 -> 128 -> 10)."""
+
+    def __init__(self, input_size: int = 67, dropout: float = 0.5, head: str = "linear",
+                 lrn: bool = False):
+        super().__init__(input_size, HIDDEN["AlexNetSmall"], dropout, head, lrn)
+
+
+MODELS: dict[str, type[AlexNetBase]] = {"AlexNet": AlexNet, "AlexNetSmall": AlexNetSmall}

@@ -1,0 +1,57 @@
+"""Load a trained model and predict classes for raw 28x28 (or any size) images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fmnist.data import resize_images
+from fmnist.files import atomic_path
+from fmnist.model import MODELS, AlexNetBase
+from fmnist.training import to_float
+
+
+def save_model(module: AlexNetBase, config: dict, path: str | Path) -> None:
+    """One file: the weights and the config needed to rebuild the module."""
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": module.state_dict(), "config": dict(config)}, tmp)
+
+
+def load_model(path: str | Path) -> tuple[AlexNetBase, dict]:
+    """Rebuild a saved module (safe loading: tensors and plain values only)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    config = state["config"]
+    module = MODELS[config["model_name"]](input_size=config["input_size"], dropout=config["dropout"],
+                                          head=config["head"], lrn=config["lrn"])
+    module.load_state_dict(state["state_dict"])
+    return module.eval(), config
+
+
+def as_images(values: np.ndarray) -> np.ndarray:
+    """Accept ``(N, H, W)`` or ``(N, H*W)`` square images with 0..255 pixels; give uint8 ``(N, H, W)``."""
+    x = np.asarray(values)
+    if x.ndim == 2:
+        side = int(round(np.sqrt(x.shape[1])))
+        if side * side != x.shape[1]:
+            raise ValueError(f"rows of {x.shape[1]} values are not square images")
+        x = x.reshape(len(x), side, side)
+    if x.ndim != 3 or x.shape[1] != x.shape[2]:
+        raise ValueError(f"expected images of shape (N, H, W) or (N, H*W), got {x.shape}")
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8) if x.dtype != np.uint8 else x
+
+
+@torch.no_grad()
+def predict_proba(module: AlexNetBase, images: np.ndarray, input_size: int, batch_size: int = 1024,
+                  device: str = "cpu") -> np.ndarray:
+    """Class probabilities ``(N, 10)`` for uint8 images of any square size (resized to the model's)."""
+    module = module.to(device).eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        block = images[start:start + batch_size]
+        if block.shape[-1] != input_size:
+            block = resize_images(block, input_size)
+        x = to_float(torch.from_numpy(np.ascontiguousarray(block))).to(device)
+        out.append(torch.softmax(module(x), dim=1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 10), dtype=np.float32)

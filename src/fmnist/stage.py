@@ -1,0 +1,33 @@
+"""What every stage script shares: logging, argument parsing, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+from fmnist.errors import EXPECTED, StageError
+
+__all__ = ["StageError", "parser", "run"]
+
+
+def parser(doc: str | None, **paths: str) -> argparse.ArgumentParser:
+    """An argument parser with one ``--name PATH`` option per path (paths come from dvc.yaml)."""
+    p = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    for name, default in paths.items():
+        p.add_argument(f"--{name.replace('_', '-')}", default=default, metavar="PATH")
+    p.add_argument("--params", default="params.yaml", metavar="PATH")
+    return p
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a stage's ``main``; expected failures become one ``error:`` line and exit status 2."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        main()
+    except EXPECTED as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

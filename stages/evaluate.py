@@ -1,0 +1,97 @@
+"""Stage evaluate: test accuracy, per-class scores, confusion matrix, curves, worst mistakes.
+
+    python stages/evaluate.py --data data/resized --model models/model.pt \
+        --history results/train/history.json --metrics metrics/evaluate.json \
+        --predictions results/evaluate/predictions.csv --plots plots/evaluate
+
+Reads params ``evaluate.*``. Writes metrics JSON (for ``dvc metrics``), the predictions as
+``actual,predicted`` class names (for DVC's ``confusion`` template) and PNG plots. MLflow: its own
+run, and the test metrics also on the train run of the model it measured.
+"""
+
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support
+
+from fmnist import plots, stage
+from fmnist.data import CLASS_NAMES, load_split
+from fmnist.files import atomic_open, read_json, write_json
+from fmnist.params import flatten, load_params, to_dict
+from fmnist.predict import load_model, predict_proba
+from fmnist.tracking import Run, Tracker, lineage_tags
+from fmnist.training import pick_device, seed_everything, set_threads
+
+
+def main() -> None:
+    args = stage.parser(__doc__, data="data/resized", model="models/model.pt",
+                        history="results/train/history.json", metrics="metrics/evaluate.json",
+                        predictions="results/evaluate/predictions.csv", plots="plots/evaluate").parse_args()
+    params = load_params(args.params)
+    eval_p = params.evaluate
+    seed_everything(0)
+    set_threads(0)
+    module, config = load_model(args.model)
+    images, labels = load_split(args.data, "test", size=config["input_size"])
+    history = read_json(args.history)
+
+    tracker = Tracker(params.tracking.experiment)
+    tags = lineage_tags("evaluate", {"model": args.model, "test_images": Path(args.data) / "test_images.npy"})
+    train_run = tracker.find_run("fmnist.output.model", tags["fmnist.input.model"])
+    if train_run:
+        tags |= {"fmnist.train_run_id": train_run, "fmnist.pipeline": train_run}
+
+    start = time.perf_counter()
+    prob = predict_proba(module, images, config["input_size"], eval_p.batch_size, device=pick_device())
+    seconds = time.perf_counter() - start
+    pred = prob.argmax(axis=1)
+    precision, recall, f1, support = precision_recall_fscore_support(labels, pred, labels=range(10),
+                                                                     zero_division=0)
+    metrics = {
+        "test_accuracy": float((pred == labels).mean()),
+        "test_loss": float(log_loss(labels, np.clip(prob, 1e-7, 1), labels=range(10))),
+        "test_macro_f1": float(f1.mean()),
+        "per_class": {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+                      for name, p, r, f, s in zip(CLASS_NAMES, precision, recall, f1, support)},
+    }
+    write_json(args.metrics, _rounded(metrics))
+    with atomic_open(args.predictions) as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["actual", "predicted"])
+        writer.writerows((CLASS_NAMES[a], CLASS_NAMES[p]) for a, p in zip(labels, pred))
+
+    out = Path(args.plots)
+    cm = confusion_matrix(labels, pred, labels=range(10))
+    plots.confusion_matrix(cm, out / "confusion_matrix.png")
+    plots.training_curves(history, out / "curves.png")
+    wrong = np.flatnonzero(pred != labels)
+    worst = wrong[np.argsort(-prob[wrong, pred[wrong]], kind="stable")][:eval_p.n_misclassified]
+    plots.mistakes_grid(images[worst], labels[worst], pred[worst], prob[worst, pred[worst]],
+                        out / "mistakes.png")
+
+    flat = flatten(metrics)
+    with tracker.run("evaluate", tags=tags) as run:
+        run.log_params(flatten({"evaluate": to_dict(eval_p)}) | {"model": config["model_name"]})
+        run.log_metrics(flat | {"eval_images_per_second": len(images) / seconds})
+        for path in (args.metrics, args.predictions, out):
+            run.log_artifact(path)
+    if train_run:  # the test metrics sit with the model they measure
+        on_train = Run(tracker, train_run)
+        on_train.log_metrics(flat)
+        on_train.log_artifact(out, "evaluate")
+    print(f"test accuracy {metrics['test_accuracy']:.4f} ({len(wrong)} mistakes of {len(labels)}); "
+          f"predicted {len(images) / seconds:.0f} images/s")
+
+
+def _rounded(obj):
+    if isinstance(obj, float):
+        return round(obj, 6)
+    if isinstance(obj, dict):
+        return {k: _rounded(v) for k, v in obj.items()}
+    return obj
+
+
+if __name__ == "__main__":
+    stage.run(main)
