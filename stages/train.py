@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import fmnist
 from fmnist import stage
 from fmnist.data import load_split, resize_images
 from fmnist.files import read_json, write_json
@@ -58,7 +59,9 @@ def main() -> None:
     search_run = tracker.find_run("fmnist.output.best_params", tags["fmnist.input.best_params"])
     if search_run:
         tags["fmnist.search_run_id"] = search_run
-    ckpt = EpochCheckpoint(args.checkpoints, fingerprint(hp, to_dict(train_p), to_dict(model_p),
+    # What makes a checkpoint resumable: the same params, data and code.
+    code = file_digest(Path(fmnist.__file__).parent, "*.py"), file_digest(__file__)
+    ckpt = EpochCheckpoint(args.checkpoints, fingerprint(hp, to_dict(train_p), to_dict(model_p), code,
                                                          tags["fmnist.input.train_images"],
                                                          tags["fmnist.input.valid_images"]))
     config = {"model_name": model_p.name, "input_size": train.size, "dropout": hp["dropout"],
@@ -74,7 +77,7 @@ def main() -> None:
                         valid=valid, augment=train_p.augment, progress_bar=train_p.progress_bar,
                         extra_callbacks=[("checkpoint", ckpt), ("mlflow", logger)])
         start = time.perf_counter()
-        trained = fit(net, train, ckpt, on_resume=logger.log_history)
+        trained = fit(net, train, ckpt, on_resume=logger.log_history, seed=train_p.seed)
         seconds = time.perf_counter() - start
 
         history = [{k: row[k] for k in HISTORY_KEYS if k in row} | {"epoch": row["epoch"]} for row in net.history]

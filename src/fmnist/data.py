@@ -58,8 +58,12 @@ def _read_source(source: str, idx: IdxFile, timeout_s: float) -> bytes:
     """The decompressed bytes of ``idx`` from one source (a folder or a URL prefix)."""
     if "://" in source:
         url = source.rstrip("/") + "/" + idx.name + ".gz"
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (listed URLs)
-            return _gunzip(response.read(), url)
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (listed URLs)
+                data = response.read()
+        except OSError as err:  # URLError, HTTPError and timeouts
+            raise DataError(f"{url}: {getattr(err, 'reason', err)}") from None
+        return _gunzip(data, url)
     folder = Path(source)
     if not folder.is_dir():
         raise DataError(f"{folder}: folder not found")
@@ -103,8 +107,8 @@ def fetch(sources: tuple[str, ...], dest: str | Path, timeout_s: float = 30.0) -
             try:
                 content = _read_source(source, idx, timeout_s)
                 verify(content, idx, f"{source} {idx.name}")
-            except (DataError, OSError) as err:  # URLError and timeouts are OSErrors
-                failures.append(f"{source}: {_reason(err)}")
+            except (DataError, OSError) as err:  # each names the file or URL it tried
+                failures.append(str(err))
                 continue
             with atomic_path(dest / idx.name) as tmp:
                 tmp.write_bytes(content)
@@ -115,11 +119,6 @@ def fetch(sources: tuple[str, ...], dest: str | Path, timeout_s: float = 30.0) -
             raise DataError(f"could not get {idx.name} from any source: " + "; ".join(failures)
                             + f"; {OFFLINE_HINT}")
     return used
-
-
-def _reason(err: Exception) -> str:
-    text = str(getattr(err, "reason", "") or err)
-    return text.split(": ", 1)[1] if text.startswith(("/", "http")) and ": " in text else text
 
 
 def read_idx(path: str | Path, idx: IdxFile) -> np.ndarray:

@@ -77,7 +77,7 @@ def mistakes_grid(images: np.ndarray, true: np.ndarray, pred: np.ndarray, prob: 
         if i >= n:
             continue
         ax.imshow(images[i], cmap="gray_r", vmin=0, vmax=255)
-        ax.set_title(f"true: {CLASS_NAMES[true[i]]}\npred: {CLASS_NAMES[pred[i]]} ({prob[i] * 100:.0f}%)",
+        ax.set_title(f"true: {CLASS_NAMES[true[i]]}\npred: {CLASS_NAMES[pred[i]]} ({prob[i] * 100:.1f}%)",
                      fontsize=8, color="firebrick")
     fig.suptitle("Most confident mistakes on the test set" if n else "No mistakes on the test set")
     fig.tight_layout()

@@ -23,6 +23,7 @@ def parser(doc: str | None, **paths: str) -> argparse.ArgumentParser:
 
 def run(main: Callable[[], None]) -> None:
     """Run a stage's ``main``; expected failures become one ``error:`` line and exit status 2."""
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines show up as they happen in logs
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -75,11 +75,11 @@ def git_state(root: Path) -> dict[str, str]:
     return {"git_commit": commit or "unknown", "git_dirty": str(bool(dirty)).lower()}
 
 
-def file_digest(path: str | Path) -> str:
-    """MD5 of a file, or of a folder's files in name order (MD5 as DVC uses for its cache)."""
+def file_digest(path: str | Path, pattern: str = "*") -> str:
+    """MD5 of a file, or of a folder's files matching ``pattern``, in name order."""
     path = Path(path)
     h = hashlib.md5()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = sorted(p for p in path.rglob(pattern) if p.is_file()) if path.is_dir() else [path]
     for f in files:
         h.update(f.relative_to(path).as_posix().encode() if path.is_dir() else b"")
         with open(f, "rb") as fh:

@@ -281,9 +281,11 @@ def build_net(*, model_name: str, input_size: int, head: str, lrn: bool, lr: flo
 
 
 def fit(net: NeuralNetClassifier, train: ImageSet, checkpoint: EpochCheckpoint | None = None,
-        on_resume: Callable[[NeuralNetClassifier], None] | None = None) -> int:
-    """Fit ``net`` for ``max_epochs`` in all, resuming from ``checkpoint`` where it matches.
+        on_resume: Callable[[NeuralNetClassifier], None] | None = None, seed: int = 0) -> int:
+    """Fit ``net`` for ``max_epochs`` in all, resuming an interrupted run from ``checkpoint``.
 
+    A checkpoint of a run that had finished (all epochs, or stopped early) is not resumed: that
+    is a forced rerun, and it trains from scratch, seeded as a fresh process would be.
     Returns the number of epochs this call trained. With a checkpoint, the best weights are
     loaded at the end (skorch's ``Checkpoint(load_best=True)``, but resumable and atomic).
     """
@@ -291,17 +293,19 @@ def fit(net: NeuralNetClassifier, train: ImageSet, checkpoint: EpochCheckpoint |
     done = 0
     if checkpoint is not None and checkpoint.load_last(net):
         done = len(net.history)
-        log.info("resuming from %s after epoch %d", checkpoint.last_path, done)
-        if on_resume is not None:
-            on_resume(net)
-    stopper = dict(net.callbacks_).get("early_stopping")
-    remaining = net.max_epochs - done
-    if stopper is not None and done:
-        stopper.on_train_begin(net)  # replay the history to see whether it had already stopped
-        if stopper.stopped():
-            remaining = 0
-    if remaining > 0:
-        net.partial_fit(train, y=None, epochs=remaining)
+        stopper = dict(net.callbacks_).get("early_stopping")
+        if stopper is not None:
+            stopper.on_train_begin(net)  # replay the history: had it stopped early?
+        if done >= net.max_epochs or (stopper is not None and stopper.stopped()):
+            log.info("%s is of a finished run: training again from scratch", checkpoint.last_path)
+            seed_everything(seed)
+            net.initialize()
+            done = 0
+        else:
+            log.info("resuming from %s after epoch %d", checkpoint.last_path, done)
+            if on_resume is not None:
+                on_resume(net)
+    net.partial_fit(train, y=None, epochs=net.max_epochs - done)
     if checkpoint is not None:
         checkpoint.load_best(net)
     return len(net.history) - done

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# System packages the test suite uses, from Debian: the data set (offline machines) and
+# headless Chromium (browser checks of DVC's plots page and the MLflow UI). Idempotent.
+set -euo pipefail
+bash "$(dirname "$0")/ensure-data-source.sh"
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-dejavu-core)
+if [ ${#need[@]} -gt 0 ]; then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "note: apt-get not available; browser tests will be skipped" >&2
+    exit 0
+  fi
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi

@@ -1,0 +1,97 @@
+"""The real pipeline: `dvc repro` of all six stages in a temp git repo, on the tiny profile."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+
+import yaml
+
+from conftest import ran_stages, sh
+
+STAGES = {"download", "split", "resize", "search", "train", "evaluate"}
+
+
+def test_first_repro_runs_every_stage_and_writes_the_outputs(pipeline):
+    repo = pipeline["repo"]
+    assert ran_stages(pipeline["output"]) == STAGES
+    assert sorted(p.name for p in (repo / "data" / "raw").iterdir()) == sorted(
+        ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"])
+    assert {p.name for p in (repo / "data" / "resized").iterdir()} == {
+        f"{s}_{k}.npy" for s in ("train", "valid", "test") for k in ("images", "labels")}
+    best = json.loads((repo / "results/search/best_params.json").read_text())
+    assert best["lr"] == 0.001 and best["batch_size"] == 64 and best["dropout"] in (0.5, 0.3)
+    trials = json.loads((repo / "results/search/trials.json").read_text())
+    assert len(trials) == 2 and all(t["status"] == "ok" for t in trials)
+
+    history = json.loads((repo / "results/train/history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert {"train_loss", "valid_loss", "train_acc", "valid_acc", "lr"} <= set(history[0])
+    assert history[1]["lr"] < history[0]["lr"]  # cosine schedule
+
+    metrics = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert 0.3 < metrics["test_accuracy"] <= 1.0  # 600 images, 2 epochs: well above chance
+    assert set(metrics["per_class"]) == {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                                         "Shirt", "Sneaker", "Bag", "Ankle boot"}
+    with open(repo / "results/evaluate/predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 10_000 and set(rows[0]) == {"actual", "predicted"}
+    correct = sum(r["actual"] == r["predicted"] for r in rows) / len(rows)
+    assert abs(correct - metrics["test_accuracy"]) < 1e-6
+    for name in ("confusion_matrix.png", "curves.png", "mistakes.png"):
+        assert (repo / "plots/evaluate" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_dvc_metrics_show_reads_the_metrics(pipeline):
+    out = sh(pipeline["repo"], "dvc", "metrics", "show", "--json").stdout
+    shown = json.loads(out)
+    text = json.dumps(shown)
+    assert "test_accuracy" in text and "best_valid_acc" in text
+
+
+def test_mlflow_runs_land_in_the_repo_root_store(pipeline):
+    repo = pipeline["repo"]
+    db = repo / "mlflow.db"
+    assert db.is_file()
+    con = sqlite3.connect(db)
+    tags = dict(con.execute("select run_uuid, value from tags where key = 'fmnist.stage'").fetchall())
+    stages = sorted(tags.values())
+    assert stages == ["evaluate", "search", "search-trial", "search-trial", "train"]
+    train_run = next(r for r, s in tags.items() if s == "train")
+    steps = con.execute("select step from metrics where run_uuid = ? and key = 'valid_acc' order by step",
+                        (train_run,)).fetchall()
+    assert [s for (s,) in steps] == [1, 2]
+    params = dict(con.execute("select key, value from params where run_uuid = ?", (train_run,)).fetchall())
+    assert params["train.max_epochs"] == "2" and params["used.batch_size"] == "64"
+    on_train = {k for (k,) in con.execute("select key from metrics where run_uuid = ?", (train_run,))}
+    assert "test_accuracy" in on_train  # evaluate's metrics sit with the model they measure
+    assert con.execute("select count(*) from model_versions").fetchone()[0] == 1
+    assert (repo / "mlartifacts").is_dir()
+
+
+def test_second_repro_runs_nothing(pipeline):
+    out = sh(pipeline["repo"], "dvc", "repro")
+    assert ran_stages(out.stdout) == set()
+    assert "Data and pipelines are up to date" in out.stdout
+
+
+def edit_params(repo, section, key, value):
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params[section][key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_only_affected_stages_rerun(pipeline):
+    repo = pipeline["repo"]
+    edit_params(repo, "evaluate", "n_misclassified", 4)
+    assert ran_stages(sh(repo, "dvc", "repro").stdout) == {"evaluate"}
+
+    edit_params(repo, "train", "max_epochs", 1)
+    assert ran_stages(sh(repo, "dvc", "repro").stdout) == {"train", "evaluate"}
+
+    model = repo / "src/fmnist/model.py"
+    model.write_text(model.read_text() + "\n# an edit to the model code\n")
+    assert ran_stages(sh(repo, "dvc", "repro").stdout) == {"search", "train", "evaluate"}
+    assert ran_stages(sh(repo, "dvc", "repro").stdout) == set()
