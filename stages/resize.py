@@ -4,15 +4,16 @@
 
 Reads params ``resize.size`` (67 for AlexNetSmall, 227 for AlexNet) and ``resize.chunk``. Writes
 ``{train,valid,test}_{images,labels}.npy``: one uint8 array per split, resized in batched tensor
-ops (seconds for all 70k images at 67 px).
+ops (seconds for all 70k images at 67 px), written block by block so that even 227 px
+images never need to fit in memory.
 """
 
 import time
 from pathlib import Path
 
 from fmnist import stage
-from fmnist.data import SPLITS, load_split, resize_images
-from fmnist.files import save_array
+from fmnist.data import SPLITS, iter_resized, load_split
+from fmnist.files import array_writer, save_array
 from fmnist.params import load_params
 
 
@@ -23,7 +24,9 @@ def main() -> None:
     for name in SPLITS:
         start = time.perf_counter()
         images, labels = load_split(args.src, name, size=28)
-        save_array(out / f"{name}_images.npy", resize_images(images, params.size, params.chunk))
+        with array_writer(out / f"{name}_images.npy", (len(images), params.size, params.size)) as write:
+            for block in iter_resized(images, params.size, params.chunk):
+                write(block)
         save_array(out / f"{name}_labels.npy", labels)
         print(f"{name}: {len(labels)} images to {params.size} px in {time.perf_counter() - start:.1f} s")
 

@@ -9,6 +9,7 @@ import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -170,19 +171,27 @@ def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     return keep
 
 
-def resize_images(images: np.ndarray, size: int, chunk: int = 4096) -> np.ndarray:
-    """Resize uint8 ``(N, H, W)`` images to ``(N, size, size)`` uint8, bilinear with antialiasing.
+FLOAT_CHUNK_BYTES = 256 << 20  # the float copy of one resize block stays under this
 
-    Works in chunks of ``chunk`` images so that the float copy stays small, even at 227 px.
+
+def iter_resized(images: np.ndarray, size: int, chunk: int = 4096) -> Iterator[np.ndarray]:
+    """Resized uint8 blocks ``(B, size, size)`` of ``images``, in order; bilinear, antialiased.
+
+    At most ``chunk`` images per block, fewer at large sizes, so that the float copy stays small
+    (at 227 px, 4096 images would be 844 MB as float32).
     """
-    out = np.empty((len(images), size, size), dtype=np.uint8)
+    chunk = max(1, min(chunk, FLOAT_CHUNK_BYTES // (size * size * 4)))
     for start in range(0, len(images), chunk):
         block = torch.from_numpy(np.ascontiguousarray(images[start:start + chunk]))
         x = block.unsqueeze(1).float()  # (B, 1, H, W)
         y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        out[start:start + chunk] = y.round_().clamp_(0, 255).to(torch.uint8).squeeze(1).numpy()
-    return out
+        yield y.round_().clamp_(0, 255).to(torch.uint8).squeeze(1).numpy()
 
+
+def resize_images(images: np.ndarray, size: int, chunk: int = 4096) -> np.ndarray:
+    """Resize uint8 ``(N, H, W)`` images to ``(N, size, size)`` uint8 in memory."""
+    blocks = list(iter_resized(images, size, chunk))
+    return np.concatenate(blocks) if blocks else np.zeros((0, size, size), np.uint8)
 
 SPLITS = ("train", "valid", "test")
 

@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import numpy as np
 
@@ -54,6 +54,48 @@ def save_array(path: str | Path, array: np.ndarray) -> None:
     """``np.save`` atomically (``.npy`` has no timestamps, so equal arrays give equal bytes)."""
     with atomic_open(path, "wb") as f:
         np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+
+
+@contextlib.contextmanager
+def array_writer(path: str | Path, shape: tuple[int, ...], dtype=np.uint8) -> Iterator[Callable[[np.ndarray], None]]:
+    """Write a ``.npy`` file block by block (in order along the first axis), atomically.
+
+    For outputs larger than memory should hold (70k images at 227 px are 3.6 GB): only one block
+    is ever in memory. The file has the same bytes ``np.save`` would write for the whole array.
+    """
+    dtype = np.dtype(dtype)
+    expected = int(np.prod(shape))
+    written = 0
+    with atomic_open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                 "fortran_order": False, "shape": tuple(shape)})
+
+        def write(block: np.ndarray) -> None:
+            nonlocal written
+            block = np.ascontiguousarray(block, dtype=dtype)
+            f.write(block.tobytes())
+            written += block.size
+
+        yield write
+        if written != expected:
+            raise ValueError(f"{path}: wrote {written} values, expected {expected}")
+
+
+def save_torch(path: str | Path, obj: Any) -> None:
+    """``torch.save`` atomically, with the same bytes for the same content.
+
+    ``torch.save`` to a file names the archive's root folder after the file, so saving to a
+    random temp name and renaming would change the bytes on every run; a buffer is always
+    named "archive".
+    """
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_open(path, "wb") as f:
+        f.write(buffer.getbuffer())
 
 
 def load_array(path: str | Path, mmap: bool = False) -> np.ndarray:

@@ -86,8 +86,18 @@ class SearchParams:
     subset: int = field(metadata=at_least(0))  # training images per trial, 0 = the whole split
     seed: int = field(metadata=at_least(0))
     factor: int = field(default=3, metadata=at_least(2, 10))  # halving: keep 1/factor per round
-    n_jobs: int = field(default=1, metadata=at_least(1, 256))
-    scheduler: str = ""  # a Dask scheduler address such as tcp://10.0.0.5:8786, "" = local
+    # halving: what each round gives factor times more of. samples: a trial trains afresh on a
+    # stratified subset; epochs: a trial goes on from where it was in the round before.
+    resource: Literal["samples", "epochs"] = "samples"
+    cv: int = field(default=0, metadata=at_least(0, 20))  # 0 = score on the validation split, k >= 2 = k-fold
+    n_jobs: int = field(default=1, metadata=at_least(0, 256))  # trials at once here, 0 = one per core
+    threads: int = field(default=0, metadata=at_least(0, 1024))  # torch threads per trial, 0 = cores // n_jobs
+    scheduler: str = ""  # a Dask scheduler address such as tcp://10.0.0.5:8786, "" = this machine
+
+    def __post_init__(self):
+        if self.cv == 1:
+            raise ParamsError("params.yaml: search.cv=1 is not allowed; allowed: 0 (the validation split) "
+                              "or 2 to 20 folds")
 
 
 @dataclass(frozen=True)
@@ -155,7 +165,8 @@ def _describe(tp: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin is tuple:
-        return f"a non-empty list of {_describe(typing.get_args(tp)[0])}"
+        inner = typing.get_args(tp)[0]
+        return "a non-empty list of " + {int: "integers", float: "numbers", str: "strings"}.get(inner, _describe(inner))
     if dataclasses.is_dataclass(tp):
         return "a mapping with keys " + ", ".join(f.name for f in dataclasses.fields(tp))
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[tp]

@@ -8,15 +8,14 @@ import numpy as np
 import torch
 
 from fmnist.data import resize_images
-from fmnist.files import atomic_path
+from fmnist.files import save_torch
 from fmnist.model import MODELS, AlexNetBase
 from fmnist.training import to_float
 
 
 def save_model(module: AlexNetBase, config: dict, path: str | Path) -> None:
     """One file: the weights and the config needed to rebuild the module."""
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": module.state_dict(), "config": dict(config)}, tmp)
+    save_torch(path, {"state_dict": module.state_dict(), "config": dict(config)})
 
 
 def load_model(path: str | Path) -> tuple[AlexNetBase, dict]:

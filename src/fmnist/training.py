@@ -21,7 +21,7 @@ from skorch.helper import predefined_split
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from fmnist.files import atomic_path
+from fmnist.files import save_torch
 from fmnist.model import MODELS, N_CLASSES
 
 log = logging.getLogger(__name__)
@@ -183,9 +183,9 @@ class EpochCheckpoint(Callback):
 
     def on_epoch_end(self, net, **kwargs):
         if net.history[-1, self.monitor]:
-            _save(self.best_path, {"module": net.module_.state_dict(), "fingerprint": self.fingerprint,
+            save_torch(self.best_path, {"module": net.module_.state_dict(), "fingerprint": self.fingerprint,
                                    "epoch": len(net.history)})
-        _save(self.last_path, {
+        save_torch(self.last_path, {
             "module": net.module_.state_dict(),
             "optimizer": net.optimizer_.state_dict(),
             "history": json.dumps(_plain_history(net.history)),
@@ -214,13 +214,9 @@ class EpochCheckpoint(Callback):
 
 
 def _plain_history(history) -> list:
-    # Drop the per-batch rows: they are large and not needed to resume.
-    return [{k: v for k, v in row.items() if k != "batches"} for row in history]
-
-
-def _save(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    # Drop the per-batch rows (large, not needed to resume) and the timings (so that two runs
+    # write identical checkpoints).
+    return [{k: v for k, v in row.items() if k not in ("batches", "dur")} for row in history]
 
 
 def _load(path: Path) -> dict | None:

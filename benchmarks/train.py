@@ -1,0 +1,300 @@
+"""Training and prediction speed, side by side in one run, against the seed notebook's way.
+
+    python benchmarks/train.py [--images 8192] [--epochs 2] > benchmarks/results/train.txt
+
+Measures, in this one run (a shared machine drifts; ratios taken in one run hold):
+  * the machine's float32 matmul GFLOP/s (2048x2048, best of several),
+  * (a) the seed notebook's way: a Dataset that resizes a PIL image per sample with
+    transforms.Resize(67) + ToTensor, skorch with its default DataLoader, batch 2048,
+  * (b) this pipeline's train stage code with its default params (skorch, all callbacks,
+    progress bar and MLflow logging into a throwaway store),
+  * (c) a plain PyTorch loop over the same tensors at the same batch size as (b),
+  * evaluate's prediction speed (batched, no grad),
+  * peak memory of resize and train at 227 px (AlexNet) on a subset, extrapolated to 70k images.
+Each variant runs in its own process, so its peak memory is its own. The last line holds the
+headline figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def flops_per_image(size: int = 67) -> float:
+    """Forward + backward FLOPs of AlexNetSmall for one image, counted by torch."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fmnist.model import AlexNetSmall
+
+    model = AlexNetSmall(input_size=size)
+    x = torch.rand(8, 1, size, size)
+    with FlopCounterMode(display=False) as counter:
+        model(x).sum().backward()
+    return counter.get_total_flops() / 8
+
+
+def load_data(n_train: int, n_valid: int):
+    import numpy as np
+
+    from fmnist.data import load_split
+
+    data = ROOT / "data" / "split"
+    images, labels = load_split(data, "train")
+    valid_images, valid_labels = load_split(data, "valid")
+    return images[:n_train], labels[:n_train], valid_images[:n_valid], valid_labels[:n_valid]
+
+
+def variant_seed(n_train: int, n_valid: int, epochs: int) -> dict:
+    """The notebook: PIL resize per sample in __getitem__, skorch's DataLoader, batch 2048."""
+    import torch
+    from PIL import Image
+    from skorch import NeuralNetClassifier
+    from skorch.helper import predefined_split
+    from torchvision import transforms
+
+    from fmnist.model import AlexNetSmall
+
+    images, labels, v_images, v_labels = load_data(n_train, n_valid)
+
+    class PackDataset(torch.utils.data.Dataset):
+        def __init__(self, images, labels, transform):
+            self.images, self.labels, self.transform = images, labels, transform
+
+        def __len__(self):
+            return len(self.labels)
+
+        def __getitem__(self, i):
+            return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+    trans = transforms.Compose([transforms.Resize(size=67), transforms.ToTensor()])
+    train, valid = PackDataset(images, labels, trans), PackDataset(v_images, v_labels, trans)
+    torch.manual_seed(0)
+    net = NeuralNetClassifier(AlexNetSmall, criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.Adam,
+                              lr=0.001, batch_size=2048, max_epochs=epochs, train_split=predefined_split(valid),
+                              classes=list(range(10)), device="cpu", verbose=0)
+    start = time.perf_counter()
+    net.fit(train, y=None)
+    seconds = time.perf_counter() - start
+    return {"images_per_s": n_train * epochs / seconds, "seconds": seconds}
+
+
+def variant_pipeline(n_train: int, n_valid: int, epochs: int) -> dict:
+    """The train stage's code path with the default params: build_net + fit + MLflow logging."""
+    import numpy as np
+
+    from fmnist.data import resize_images
+    from fmnist.params import load_params
+    from fmnist.tracking import MlflowEpochLogger, Tracker
+    from fmnist.training import EpochCheckpoint, ImageSet, build_net, fit, seed_everything, set_threads
+
+    params = load_params(ROOT / "params.yaml")
+    images, labels, v_images, v_labels = load_data(n_train, n_valid)
+    train = ImageSet(resize_images(images, params.resize.size), labels)
+    valid = ImageSet(resize_images(v_images, params.resize.size), v_labels)
+    seed_everything(params.train.seed)
+    set_threads(params.train.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker = Tracker("benchmark", uri=f"sqlite:///{tmp}/mlflow.db")
+        with tracker.run("benchmark") as run:
+            ckpt = EpochCheckpoint(Path(tmp) / "ckpt", "benchmark")
+            t = params.train
+            net = build_net(model_name=params.model.name, input_size=params.resize.size, head=params.model.head,
+                            lrn=params.model.lrn, lr=t.lr, batch_size=t.batch_size, dropout=t.dropout,
+                            max_epochs=epochs, patience=t.patience, seed=t.seed, valid=valid,
+                            augment=t.augment, progress_bar=t.progress_bar,
+                            extra_callbacks=[("checkpoint", ckpt), ("mlflow", MlflowEpochLogger(run))])
+            start = time.perf_counter()
+            fit(net, train, ckpt, seed=t.seed)
+            seconds = time.perf_counter() - start
+    return {"images_per_s": n_train * epochs / seconds, "seconds": seconds, "batch_size": params.train.batch_size}
+
+
+def variant_plain(n_train: int, n_valid: int, epochs: int) -> dict:
+    """A plain PyTorch loop: same model, tensors, batch size and validation pass; no skorch."""
+    import torch
+
+    from fmnist.data import resize_images
+    from fmnist.model import AlexNetSmall
+    from fmnist.params import load_params
+    from fmnist.training import set_threads, to_float
+
+    params = load_params(ROOT / "params.yaml")
+    images, labels, v_images, v_labels = load_data(n_train, n_valid)
+    x = torch.from_numpy(resize_images(images, params.resize.size))
+    y = torch.from_numpy(labels)
+    vx = torch.from_numpy(resize_images(v_images, params.resize.size))
+    set_threads(params.train.threads)
+    torch.manual_seed(0)
+    model = AlexNetSmall(dropout=params.train.dropout)
+    opt = torch.optim.Adam(model.parameters(), lr=params.train.lr)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    bs = params.train.batch_size
+    start = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(y))
+        for s in range(0, len(y), bs):
+            idx = order[s:s + bs]
+            opt.zero_grad()
+            loss = loss_fn(model(to_float(x[idx])), y[idx])
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            for s in range(0, len(vx), bs):
+                model(to_float(vx[s:s + bs]))
+    seconds = time.perf_counter() - start
+    return {"images_per_s": n_train * epochs / seconds, "seconds": seconds}
+
+
+def variant_evaluate(n_test: int) -> dict:
+    import torch
+
+    from fmnist.data import load_split, resize_images
+    from fmnist.model import AlexNetSmall
+    from fmnist.params import load_params
+    from fmnist.predict import predict_proba
+    from fmnist.training import set_threads
+
+    params = load_params(ROOT / "params.yaml")
+    images, _ = load_split(ROOT / "data" / "split", "test")
+    images = resize_images(images[:n_test], params.resize.size)
+    set_threads(0)
+    torch.manual_seed(0)
+    model = AlexNetSmall().eval()
+    predict_proba(model, images[:params.evaluate.batch_size], params.resize.size, params.evaluate.batch_size)
+    start = time.perf_counter()
+    predict_proba(model, images, params.resize.size, params.evaluate.batch_size)
+    seconds = time.perf_counter() - start
+    return {"images_per_s": n_test / seconds, "seconds": seconds}
+
+
+def variant_resize227(n: int) -> dict:
+    from fmnist.data import iter_resized, load_split
+    from fmnist.files import array_writer
+
+    images, _ = load_split(ROOT / "data" / "split", "train")
+    base = peak_rss_mb()
+    with tempfile.TemporaryDirectory() as tmp:  # as the resize stage does it
+        start = time.perf_counter()
+        with array_writer(Path(tmp) / "x.npy", (n, 227, 227)) as write:
+            for block in iter_resized(images[:n], 227):
+                write(block)
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "base_mb": base}
+
+
+def variant_train227(n: int) -> dict:
+    import torch
+
+    from fmnist.data import load_split, resize_images
+    from fmnist.training import ImageSet, build_net, set_threads
+
+    images, labels = load_split(ROOT / "data" / "split", "train")
+    base = peak_rss_mb()
+    train = ImageSet(resize_images(images[:n], 227), labels[:n])
+    valid = ImageSet(resize_images(images[n:n + 64], 227), labels[n:n + 64])
+    set_threads(0)
+    torch.manual_seed(0)
+    net = build_net(model_name="AlexNet", input_size=227, head="linear", lrn=False, lr=1e-4, batch_size=64,
+                    dropout=0.5, max_epochs=1, patience=2, seed=0, valid=valid, device="cpu")
+    start = time.perf_counter()
+    net.fit(train, y=None)
+    return {"seconds": time.perf_counter() - start, "base_mb": base, "images_per_s": n / (time.perf_counter() - start)}
+
+
+VARIANTS = {"seed": variant_seed, "pipeline": variant_pipeline, "plain": variant_plain,
+            "evaluate": variant_evaluate, "resize227": variant_resize227, "train227": variant_train227}
+
+
+def run_child(name: str, *args) -> dict:
+    """Run one variant in a fresh process; return its result with its own peak memory."""
+    out = subprocess.run([sys.executable, __file__, "--child", name, *map(str, args)], capture_output=True,
+                         text=True, check=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=8192, help="training images per variant")
+    p.add_argument("--valid", type=int, default=2048, help="validation images per epoch")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        name, *rest = args.child
+        result = VARIANTS[name](*map(int, rest))
+        result["peak_mb"] = peak_rss_mb()
+        print(json.dumps(result))
+        return
+
+    import torch
+
+    if not (ROOT / "data" / "split" / "train_images.npy").is_file():
+        sys.exit("error: data/split is missing; run `dvc repro split` first")
+    torch.set_num_threads(os.cpu_count() or 1)
+    peak = matmul_gflops()
+    flops = flops_per_image()
+    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"matmul 2048x2048 float32: {peak:.0f} GFLOP/s")
+    print(f"AlexNetSmall at 67 px, forward + backward: {flops / 1e9:.3f} GFLOP per image")
+    print(f"training: {args.images} images x {args.epochs} epochs, validation on {args.valid} images per epoch\n")
+    rows = {}
+    for name, label in (("seed", "(a) seed notebook: PIL resize per sample + skorch, batch 2048"),
+                        ("pipeline", "(b) pipeline train stage, default params"),
+                        ("plain", "(c) plain PyTorch loop, same batch size as (b)")):
+        rows[name] = r = run_child(name, args.images, args.valid, args.epochs)
+        frac = r["images_per_s"] * flops / 1e9 / peak
+        rows[name]["peak_fraction"] = frac
+        print(f"{label}\n    {r['images_per_s']:7.0f} images/s   {frac * 100:5.1f}% of matmul peak   "
+              f"peak memory {r['peak_mb']:6.0f} MB   ({r['seconds']:.1f} s)")
+    ratio = rows["pipeline"]["images_per_s"] / rows["seed"]["images_per_s"]
+    overhead = 1 - rows["pipeline"]["images_per_s"] / rows["plain"]["images_per_s"]
+    print(f"\npipeline / seed = {ratio:.2f}x; skorch + callbacks + MLflow cost {overhead * 100:.1f}% "
+          f"of the plain loop's speed")
+    ev = run_child("evaluate", 10_000)
+    print(f"evaluate: {ev['images_per_s']:.0f} images/s predicting 10000 test images (batched, no grad)")
+
+    print("\nmemory at 227 px (AlexNet), measured on subsets, extrapolated linearly to 70k images:")
+    for name, sizes in (("resize227", (2000, 4000)), ("train227", (256, 512))):
+        small, big = (run_child(name, n) for n in sizes)
+        per_image = (big["peak_mb"] - small["peak_mb"]) / (sizes[1] - sizes[0])
+        at_70k = small["peak_mb"] + per_image * (70_000 - sizes[0])
+        print(f"  {name}: peak {small['peak_mb']:.0f} MB at {sizes[0]} images, {big['peak_mb']:.0f} MB at "
+              f"{sizes[1]}; {per_image * 1024:.0f} KB per image (uint8 is {227 * 227 / 1024:.0f} KB, "
+              f"float32 {227 * 227 * 4 / 1024:.0f} KB) -> about {at_70k / 1024:.1f} GB at 70k images")
+    print(f"\npeak_fraction={rows['pipeline']['peak_fraction']:.3f} pipeline_vs_seed={ratio:.2f} "
+          f"eval_images_per_s={ev['images_per_s']:.0f}")
+
+
+if __name__ == "__main__":
+    main()
