@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: pipeline test setup data-source
+.PHONY: pipeline test setup data-source plots-offline
 
 pipeline: setup data-source
 	dvc repro
@@ -22,6 +22,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
+
+# `dvc plots show` without internet: vega from the npm registry, inlined (see README)
+plots-offline: setup
+	python scripts/install-plots-js.py
 
 # Offline machines: the download stage reads the Debian package's folder when it is there.
 data-source:

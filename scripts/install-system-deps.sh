@@ -5,6 +5,7 @@ set -euo pipefail
 bash "$(dirname "$0")/ensure-data-source.sh"
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-dejavu-core)
+command -v npm >/dev/null 2>&1 || need+=(npm)  # vega for offline `dvc plots show`
 if [ ${#need[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null 2>&1; then
     echo "note: apt-get not available; browser tests will be skipped" >&2
