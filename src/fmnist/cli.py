@@ -1,57 +1,103 @@
 """``fmnist-predict``: class name and probability for image files, from the pipeline's model or
 an MLflow model URI.
 
-    fmnist-predict shirt.png more-images/                     # models/model.pt
+    fmnist-predict shirt.png more-images/                     # models/model.pt of this project
     fmnist-predict --model-uri models:/fashion-mnist-alexnet/1 shirt.png
 
-Images may be PNG or JPEG of any size, colour or grey; they are turned grey and resized to
-28x28 first, like Fashion-MNIST (a light item on a dark background).
+Prints one line per image: path, class name and its probability, separated by tabs. Images may
+be PNG or JPEG of any size, colour or grey. Each is made like a Fashion-MNIST image first: grey,
+a light item on a dark background (an image with a light border, such as a product photo on
+white, is inverted; see --invert), padded to a square and resized to 28x28. An image that cannot
+be read is reported in one line on stderr; the others are still predicted, and the exit status
+is 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+SIDE = 28  # Fashion-MNIST's images
+
+
+class PredictError(RuntimeError):
+    """A failure reported as one line, without a traceback."""
 
 
 def collect(paths: list[str]) -> list[Path]:
+    """The files named, and the PNG and JPEG files of the folders named, in name order."""
     files: list[Path] = []
     for name in paths:
         path = Path(name)
         if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         else:
             files.append(path)
     return files
 
 
-def read_image(path: Path) -> np.ndarray:
-    """A grey 28x28 uint8 image; ``ValueError`` naming the file when it cannot be read."""
+def read_image(path: Path, invert: str = "auto") -> np.ndarray:
+    """A grey 28x28 uint8 image, light item on dark; ``ValueError`` naming the file when it cannot be read."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            grey = img.convert("L")
-            if grey.size != (28, 28):
-                grey = grey.resize((28, 28), Image.Resampling.BILINEAR, reducing_gap=None)
-            return np.asarray(grey, dtype=np.uint8)
+            img.load()
+            grey = np.asarray(img.convert("L"), dtype=np.uint8)
     except FileNotFoundError:
         raise ValueError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"{path}: not a readable PNG or JPEG image ({err})") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"{path}: not a PNG or JPEG image") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        reason = getattr(err, "strerror", None) or _first_line(err)
+        raise ValueError(f"{path}: unreadable image ({reason})") from None
+    if invert == "always" or (invert == "auto" and _border(grey).mean() > 127):
+        grey = 255 - grey
+    return to_side(grey)
+
+
+def _border(img: np.ndarray) -> np.ndarray:
+    return np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+
+
+def to_side(grey: np.ndarray, side: int = SIDE) -> np.ndarray:
+    """Pad a grey image to a square with black, centred, then resize it to ``side`` x ``side``."""
+    from PIL import Image
+
+    h, w = grey.shape
+    if h != w:
+        n = max(h, w)
+        square = np.zeros((n, n), np.uint8)
+        top, left = (n - h) // 2, (n - w) // 2
+        square[top:top + h, left:left + w] = grey
+        grey = square
+    if grey.shape[0] == side:
+        return grey
+    # Shrinking averages each output pixel's area (a 4x enlargement shrinks back exactly); enlarging interpolates.
+    filt = Image.Resampling.BOX if grey.shape[0] > side else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(grey).resize((side, side), filt), dtype=np.uint8)
 
 
 def predict_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fmnist-predict", description=__doc__.splitlines()[0])
-    p.add_argument("images", nargs="+", help="image files or folders of them")
-    p.add_argument("--model", default="models/model.pt", help="the pipeline's model file (default: %(default)s)")
-    p.add_argument("--model-uri", help="an MLflow model URI, e.g. models:/fashion-mnist-alexnet/1")
+    p = argparse.ArgumentParser(prog="fmnist-predict", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG) or folders of them")
+    p.add_argument("--model", help="the pipeline's model file (default: models/model.pt at the project root)")
+    p.add_argument("--model-uri", help="an MLflow model URI instead, e.g. models:/fashion-mnist-alexnet/1; "
+                                       "the store is $MLFLOW_TRACKING_URI, else mlflow.db at the project root")
+    p.add_argument("--invert", choices=("auto", "always", "never"), default="auto",
+                   help="turn dark-on-light images into light-on-dark: auto = when the border is light "
+                        "(default: %(default)s)")
     args = p.parse_args(argv)
+    if args.model and args.model_uri:
+        p.error("give --model or --model-uri, not both")
 
     files = collect(args.images)
     if not files:
@@ -60,35 +106,77 @@ def predict_main(argv: list[str] | None = None) -> int:
     images, readable, failed = [], [], 0
     for path in files:
         try:
-            images.append(read_image(path))
+            images.append(read_image(path, args.invert))
             readable.append(path)
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             failed += 1
     if images:
-        batch = np.stack(images)
-        for path, (name, prob) in zip(readable, _predict(batch, args)):
+        try:
+            predictions = _predict(np.stack(images), args)
+        except PredictError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        for path, (name, prob) in zip(readable, predictions):
             print(f"{path}\t{name}\t{prob:.4f}")
     return 2 if failed else 0
 
 
 def _predict(images: np.ndarray, args) -> list[tuple[str, float]]:
+    """Class name and probability per image, ``(N, 28, 28)`` uint8."""
     if args.model_uri:
-        import mlflow.pyfunc
-
-        from fmnist.tracking import tracking_uri
-
-        mlflow.set_tracking_uri(tracking_uri())
-        frame = mlflow.pyfunc.load_model(args.model_uri).predict(images.astype(np.float32))
-        return list(zip(frame["label"], frame["probability"].astype(float)))
+        return _predict_uri(images, args.model_uri)
     from fmnist.data import CLASS_NAMES
     from fmnist.predict import load_model, predict_proba
+    from fmnist.tracking import project_root
 
-    if not Path(args.model).is_file():
-        raise SystemExit(f"error: {args.model}: model not found; run the pipeline (dvc repro) or pass --model-uri")
-    module, config = load_model(args.model)
+    model = Path(args.model) if args.model else project_root() / "models" / "model.pt"
+    if not model.is_file():
+        raise PredictError(f"{model}: model not found; run the pipeline (dvc repro), pass --model or --model-uri")
+    try:
+        module, config = load_model(model)
+    except Exception as err:  # a file that is not one of ours: say which, in one line
+        raise PredictError(f"{model}: not a model saved by the pipeline ({_first_line(err)[:120]})") from None
     prob = predict_proba(module, images, config["input_size"])
     return [(CLASS_NAMES[i], float(prob[k, i])) for k, i in enumerate(prob.argmax(axis=1))]
+
+
+def _predict_uri(images: np.ndarray, uri: str) -> list[tuple[str, float]]:
+    import mlflow.pyfunc
+
+    from fmnist.tracking import tracking_uri
+
+    store = tracking_uri()
+    mlflow.set_tracking_uri(store)
+    try:
+        with _without_type_hint_advice():
+            model = mlflow.pyfunc.load_model(uri)
+    except Exception as err:
+        raise PredictError(f"cannot load {uri} from {store}: {_first_line(err)}") from None
+    frame = model.predict(images.astype(np.float32))  # the signature: float32 (-1, 28, 28)
+    return list(zip(frame["label"], frame["probability"].astype(float)))
+
+
+@contextlib.contextmanager
+def _without_type_hint_advice() -> Iterator[None]:
+    """Drop MLflow's advice to add type hints to ``predict``: it is meant for model authors, and
+    MLflow lets it through any warning filter (it sets its own "once" filter first)."""
+    show = warnings.showwarning
+
+    def filtered(message, *args, **kwargs):
+        if "Add type hints to the `predict` method" not in str(message):
+            show(message, *args, **kwargs)
+
+    warnings.showwarning = filtered
+    try:
+        yield
+    finally:
+        warnings.showwarning = show
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 if __name__ == "__main__":
