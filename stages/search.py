@@ -1,12 +1,15 @@
-"""Stage search: hyper-parameter search over lr, batch_size and dropout, scored on validation.
+"""Stage search: hyper-parameter search over lr, batch_size and dropout.
 
     python stages/search.py --data data/resized --out results/search --plot plots/search.png
 
-Reads params ``search.*`` and ``model.*``. Each trial trains on ``search.subset`` training images
-(0 = all) and is scored on the validation split. ``search.strategy`` is ``grid`` (every
-combination for ``search.epochs``) or ``halving`` (successive halving with epochs as the
-resource). Writes ``best_params.json`` and ``trials.json``, and the search plot. MLflow: one parent
-run, one nested run per trial with its per-epoch curves.
+Reads params ``search.*``, ``model.*`` and ``tracking.experiment``. Each trial trains on
+``search.subset`` training images (0 = all) and is scored on the validation split, or by
+stratified k-fold on its own images when ``search.cv`` >= 2. ``search.strategy`` is ``grid``
+(every combination for ``search.epochs``) or ``halving`` (successive halving over
+``search.resource``: samples or epochs). Trials run ``search.n_jobs`` at once on this machine,
+or on the Dask cluster at ``search.scheduler``. Writes ``trials.json`` (one row per trial, with
+the resource it got), ``best_params.json`` and the search plot; when every trial failed it
+writes nothing and exits with status 2. MLflow: one parent run, one nested run per trial.
 """
 
 from pathlib import Path
@@ -16,12 +19,10 @@ from fmnist.data import load_split, stratified_subset
 from fmnist.files import write_json
 from fmnist.params import flatten, load_params, to_dict
 from fmnist.plots import search_results
-from fmnist.search import TrialSetup, best_trial, run_rounds, run_trial, schedule_for
-from fmnist.tracking import MlflowEpochLogger, Tracker, file_digest, lineage_tags
-from fmnist.training import ImageSet, seed_everything, set_threads
-
-TABLE_KEYS = ("round", "lr", "batch_size", "dropout", "epochs", "images_processed", "valid_acc",
-              "best_epoch", "status", "error")
+from fmnist.search import (HP_KEYS, TABLE_KEYS, SearchData, TrackingTarget, TrialSetup, best_trial,
+                           plan_rounds, run_search)
+from fmnist.tracking import Tracker, file_digest, lineage_tags
+from fmnist.training import seed_everything, set_threads
 
 
 def main() -> None:
@@ -33,54 +34,54 @@ def main() -> None:
     set_threads(0)
     train_images, train_labels = load_split(args.data, "train", mmap=True)
     keep = stratified_subset(train_labels, search.subset, search.seed)
-    train = ImageSet(train_images[keep], train_labels[keep])
-    valid = ImageSet(*load_split(args.data, "valid"))
-    too_big = [b for b in search.grid.batch_size if b > len(train)]
+    data = SearchData(train_images[keep], train_labels[keep])
+    if search.cv == 0:
+        valid_images, valid_labels = load_split(args.data, "valid")
+        data = SearchData(data.train_images, data.train_labels, valid_images, valid_labels)
+    n_train = len(data.train_labels)
+    too_big = [b for b in search.grid.batch_size if b > n_train]
     if too_big:
-        raise stage.StageError(f"params.yaml: search.grid.batch_size {too_big} larger than the {len(train)} "
-                               f"training images of a trial; allowed: 1..{len(train)}")
+        raise stage.StageError(f"params.yaml: search.grid.batch_size {too_big} larger than the {n_train} "
+                               f"training images of a trial; allowed: 1..{n_train}")
     configs = search.grid.combinations()
-    schedule = schedule_for(search.strategy, len(configs), search.epochs, search.factor)
+    rounds = plan_rounds(search.strategy, len(configs), search.epochs, n_train, search.factor,
+                         search.resource, min_samples=max(search.grid.batch_size))
     setup = TrialSetup(params.model.name, params.model.head, params.model.lrn, search.seed,
-                       patience=search.epochs + 1)
+                       epochs=search.epochs, cv=search.cv, threads=search.threads)
 
     tracker = Tracker(params.tracking.experiment)
-    data = Path(args.data)
-    tags = lineage_tags("search", {"train_images": data / "train_images.npy",
-                                   "valid_images": data / "valid_images.npy"})
+    folder = Path(args.data)
+    tags = lineage_tags("search", {"train_images": folder / "train_images.npy",
+                                   "valid_images": folder / "valid_images.npy"})
     with tracker.run("search", tags=tags) as parent:
         parent.log_params(flatten({"search": to_dict(search), "model": to_dict(params.model)})
-                          | {"search.trials": len(configs), "search.train_images": len(train)})
-
-        def trial(config: dict, epochs: int) -> dict:
-            name = f"lr={config['lr']:g} bs={config['batch_size']} dropout={config['dropout']:g}"
-            with tracker.run(name, tags=tags | {"fmnist.stage": "search-trial"}, parent=parent.id) as child:
-                child.log_params(config | {"epochs": epochs, "train_images": len(train)})
-                row = run_trial(config, epochs, setup, train, valid,
-                                callbacks=[("mlflow", MlflowEpochLogger(child))])
-                child.log_metrics({"valid_acc_best": row["valid_acc"], "seconds": row["seconds"],
-                                   "images_processed": row["images_processed"]})
-                child.set_tags({"fmnist.trial_status": row["status"], "fmnist.trial_error": row["error"]})
-                child.failed = row["status"] != "ok"
-            return row
-
-        rows = run_rounds(configs, schedule, trial, progress=print)
-        best = best_trial(rows)
-        table = [{k: r.get(k, 0) for k in TABLE_KEYS} for r in rows]
-        best_params = {k: best[k] for k in ("lr", "batch_size", "dropout")}
+                          | {"search.combinations": len(configs), "search.train_images": n_train,
+                             "search.rounds": len(rounds)})
+        target = TrackingTarget(tracker.uri, params.tracking.experiment, parent.id,
+                                tags | {"fmnist.stage": "search-trial"})
+        rows = run_search(configs, rounds, setup, data, tracking=target, n_jobs=search.n_jobs,
+                          scheduler=search.scheduler, progress=print)
+        best = best_trial(rows)  # every trial failed: SearchError, nothing written
+        # A failed trial has no accuracy: null, not NaN (which is not JSON).
+        table = [{k: None if k == "valid_acc" and r["status"] != "ok" else r[k] for k in TABLE_KEYS}
+                 for r in rows]
+        best_params = {k: best[k] for k in HP_KEYS}
         out = Path(args.out)
         write_json(out / "trials.json", table)
-        write_json(out / "best_params.json", best_params | {"valid_acc": best["valid_acc"],
-                                                            "epochs": best["epochs"]})
-        search_results(rows, args.plot)
+        write_json(out / "best_params.json", best_params | {k: best[k] for k in (
+            "valid_acc", "valid_acc_std", "epochs", "train_images", "round")})
+        # Each combination at the largest resource it got.
+        latest = {r["index"]: r for r in rows}
+        search_results(list(latest.values()), args.plot)
         parent.log_metrics({"best_valid_acc": best["valid_acc"],
                             "images_processed": sum(r["images_processed"] for r in rows),
-                            "failed_trials": sum(r["status"] != "ok" for r in rows)})
+                            "trials": len(rows), "failed_trials": sum(r["status"] != "ok" for r in rows)})
         parent.log_params({f"best.{k}": v for k, v in best_params.items()})
         parent.set_tags({"fmnist.output.best_params": file_digest(out / "best_params.json")})
         for path in (out / "trials.json", out / "best_params.json", Path(args.plot)):
             parent.log_artifact(path)
-    print(f"best: {best_params} valid_acc={best['valid_acc']:.4f}")
+    print(f"best: {best_params} valid_acc={best['valid_acc']:.4f} after {len(rows)} trials, "
+          f"{sum(r['images_processed'] for r in rows)} training images processed")
 
 
 if __name__ == "__main__":
