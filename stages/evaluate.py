@@ -2,10 +2,11 @@
 
     python stages/evaluate.py --data data/resized --model models/model.pt \
         --history results/train/history.json --metrics metrics/evaluate.json \
-        --predictions results/evaluate/predictions.csv --plots plots/evaluate
+        --predictions results/evaluate/predictions.csv --plots plots/evaluate --report results/report.md
 
 Reads params ``evaluate.*``. Writes metrics JSON (for ``dvc metrics``), the predictions as
-``actual,predicted`` class names (for DVC's ``confusion`` template) and PNG plots. MLflow: its own
+``actual,predicted`` class names (for DVC's ``confusion`` template), PNG plots, and a Markdown
+report that puts the metrics and plots of the run on one page. MLflow: its own
 run, and the test metrics also on the train run of the model it measured.
 """
 
@@ -21,6 +22,7 @@ from fmnist.data import CLASS_NAMES, load_split
 from fmnist.files import atomic_open, read_json, write_json
 from fmnist.params import flatten, load_params, to_dict
 from fmnist.predict import load_model, predict_proba
+from fmnist.report import write_report
 from fmnist.tracking import Run, Tracker, lineage_tags
 from fmnist.training import pick_device, seed_everything, set_threads
 
@@ -28,7 +30,8 @@ from fmnist.training import pick_device, seed_everything, set_threads
 def main() -> None:
     args = stage.parser(__doc__, data="data/resized", model="models/model.pt",
                         history="results/train/history.json", metrics="metrics/evaluate.json",
-                        predictions="results/evaluate/predictions.csv", plots="plots/evaluate").parse_args()
+                        predictions="results/evaluate/predictions.csv", plots="plots/evaluate",
+                        report="results/report.md").parse_args()
     params = load_params(args.params)
     eval_p = params.evaluate
     seed_everything(0)
@@ -70,12 +73,14 @@ def main() -> None:
     worst = wrong[np.argsort(-prob[wrong, pred[wrong]], kind="stable")][:eval_p.n_misclassified]
     plots.mistakes_grid(images[worst], labels[worst], pred[worst], prob[worst, pred[worst]],
                         out / "mistakes.png")
+    write_report(args.report, metrics, history, [out / "curves.png", out / "confusion_matrix.png",
+                                                  out / "mistakes.png"])
 
     flat = flatten(metrics)
     with tracker.run("evaluate", tags=tags) as run:
         run.log_params(flatten({"evaluate": to_dict(eval_p)}) | {"model": config["model_name"]})
         run.log_metrics(flat | {"eval_images_per_second": len(images) / seconds})
-        for path in (args.metrics, args.predictions, out):
+        for path in (args.metrics, args.predictions, args.report, out):
             run.log_artifact(path)
     if train_run:  # the test metrics sit with the model they measure
         on_train = Run(tracker, train_run)

@@ -43,3 +43,29 @@ def test_array_writer_refuses_a_short_file(tmp_path):
         with array_writer(tmp_path / "short.npy", (10, 5, 5)) as write:
             write(np.zeros((1, 5, 5), np.uint8))
     assert not list(tmp_path.iterdir())
+
+
+def test_checkpoints_load_safely(tmp_path):
+    """A model file that carries pickled code is refused, not executed."""
+    import pickle
+
+    from fmnist.predict import load_model
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this ran",))
+
+    path = tmp_path / "model.pt"
+    torch.save({"state_dict": {}, "config": Payload()}, path, pickle_module=pickle)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        load_model(path)
+
+
+def test_params_yaml_is_loaded_safely(tmp_path):
+    from fmnist.errors import ParamsError
+    from fmnist.params import load_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text("train: !!python/object/apply:os.system ['echo this ran']\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(path)

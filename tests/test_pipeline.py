@@ -41,6 +41,9 @@ def test_first_repro_runs_every_stage_and_writes_the_outputs(pipeline):
     assert abs(correct - metrics["test_accuracy"]) < 1e-6
     for name in ("confusion_matrix.png", "curves.png", "mistakes.png"):
         assert (repo / "plots/evaluate" / name).read_bytes()[:4] == b"\x89PNG"
+    report = (repo / "results/report.md").read_text()
+    assert f"| test accuracy | {metrics['test_accuracy'] * 100:.2f}% |" in report
+    assert "](../plots/evaluate/confusion_matrix.png)" in report and "| Ankle boot |" in report
 
 
 def test_dvc_metrics_show_reads_the_metrics(pipeline):

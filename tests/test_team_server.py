@@ -2,55 +2,23 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import BIN, env_for, make_repo, ran_stages, sh
+from conftest import ROOT, env_for, make_repo, ran_stages, sh
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import screenshot_mlflow as ui  # noqa: E402  (scripts/ is not a package; it starts servers the same way)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`mlflow server` with its own SQLite backend and artifact folder, as a team would run it."""
     home = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{home / 'server.db'}",
-         "--artifacts-destination", str(home / "artifacts"), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=home)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(uri + "/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("mlflow server did not start:\n" + (home / "server.log").read_text()[-3000:])
-        time.sleep(0.5)
-    yield {"uri": uri, "home": home}
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with ui.mlflow_server(home / "server.db", home / "artifacts", home / "server.log", timeout_s=300) as uri:
+        yield {"uri": uri, "home": home}
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +58,9 @@ def test_runs_metrics_artifacts_and_model_arrive_at_the_server(team_run):
     assert {"model.pt", "history.json", "model_summary.txt", "params.yaml", "checkpoints"} <= artifacts
     evaluate = by_stage["evaluate"][0]
     assert evaluate.data.tags["fmnist.train_run_id"] == train.info.run_id
-    plots = {Path(a.path).name for a in client.list_artifacts(evaluate.info.run_id, "evaluate")}
-    assert {"confusion_matrix.png", "curves.png", "mistakes.png"} <= plots
+    expected = {"confusion_matrix.png", "curves.png", "mistakes.png"}
+    assert expected <= {Path(a.path).name for a in client.list_artifacts(evaluate.info.run_id)}
+    assert expected <= {Path(a.path).name for a in client.list_artifacts(train.info.run_id, "evaluate")}
     # the server stored the files in its own artifact folder
     assert list((team_run["home"] / "artifacts").rglob("confusion_matrix.png"))
 
