@@ -13,6 +13,8 @@ import yaml
 
 from conftest import env_for, make_repo, ran_stages, sh
 
+pytestmark = pytest.mark.slow
+
 PROFILE_EDITS = {"split": {"train_size": 2000}, "train": {"max_epochs": 3}}
 
 

@@ -9,6 +9,8 @@ import pytest
 
 from conftest import ROOT, env_for, make_repo, ran_stages, sh
 
+pytestmark = pytest.mark.slow
+
 sys.path.insert(0, str(ROOT / "scripts"))
 import screenshot_mlflow as ui  # noqa: E402  (scripts/ is not a package; it starts servers the same way)
 
