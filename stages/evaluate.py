@@ -24,7 +24,7 @@ from fmnist.params import flatten, load_params, to_dict
 from fmnist.predict import load_model, predict_proba
 from fmnist.report import write_report
 from fmnist.tracking import Run, Tracker, lineage_tags
-from fmnist.training import pick_device, seed_everything, set_threads
+from fmnist.training import pick_device, resolve_precision, seed_everything, set_threads
 
 
 def main() -> None:
@@ -46,8 +46,10 @@ def main() -> None:
     if train_run:
         tags |= {"fmnist.train_run_id": train_run, "fmnist.pipeline": train_run}
 
+    device = pick_device()
+    precision = resolve_precision(config["precision"], device)
     start = time.perf_counter()
-    prob = predict_proba(module, images, config["input_size"], eval_p.batch_size, device=pick_device())
+    prob = predict_proba(module, images, config["input_size"], eval_p.batch_size, device, precision)
     seconds = time.perf_counter() - start
     pred = prob.argmax(axis=1)
     precision, recall, f1, support = precision_recall_fscore_support(labels, pred, labels=range(10),
@@ -78,7 +80,8 @@ def main() -> None:
 
     flat = flatten(metrics)
     with tracker.run("evaluate", tags=tags) as run:
-        run.log_params(flatten({"evaluate": to_dict(eval_p)}) | {"model": config["model_name"]})
+        run.log_params(flatten({"evaluate": to_dict(eval_p)}) | {"model": config["model_name"],
+                                                                  "precision": precision, "device": device})
         run.log_metrics(flat | {"eval_images_per_second": len(images) / seconds})
         for path in (args.metrics, args.predictions, args.report, out):
             run.log_artifact(path)

@@ -47,7 +47,8 @@ def main() -> None:
     rounds = plan_rounds(search.strategy, len(configs), search.epochs, n_train, search.factor,
                          search.resource, min_samples=max(search.grid.batch_size))
     setup = TrialSetup(params.model.name, params.model.head, params.model.lrn, search.seed,
-                       epochs=search.epochs, cv=search.cv, threads=search.threads)
+                       epochs=search.epochs, cv=search.cv, threads=search.threads,
+                       precision=params.model.precision)
 
     tracker = Tracker(params.tracking.experiment)
     folder = Path(args.data)

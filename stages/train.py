@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import fmnist
 from fmnist import stage
 from fmnist.data import load_split, resize_images
 from fmnist.files import read_json, write_json
@@ -24,7 +23,8 @@ from fmnist.params import flatten, load_params, to_dict
 from fmnist.predict import save_model
 from fmnist.pyfunc import log_pyfunc
 from fmnist.tracking import EPOCH_KEYS, MlflowEpochLogger, Tracker, file_digest, lineage_tags
-from fmnist.training import EpochCheckpoint, ImageSet, build_net, fingerprint, fit, seed_everything, set_threads
+from fmnist.training import (EpochCheckpoint, ImageSet, build_net, fingerprint, fit, pick_device, resolve_precision,
+                              seed_everything, set_threads)
 
 HISTORY_KEYS = tuple(k for k in EPOCH_KEYS if k != "dur") + ("valid_acc_best",)  # no timings: deterministic
 
@@ -59,23 +59,29 @@ def main() -> None:
     search_run = tracker.find_run("fmnist.output.best_params", tags["fmnist.input.best_params"])
     if search_run:
         tags["fmnist.search_run_id"] = search_run
-    # What makes a checkpoint resumable: the same params, data and code.
-    code = file_digest(Path(fmnist.__file__).parent, "*.py"), file_digest(__file__)
-    ckpt = EpochCheckpoint(args.checkpoints, fingerprint(hp, to_dict(train_p), to_dict(model_p), code,
+    device = pick_device()
+    precision = resolve_precision(model_p.precision, device)
+    # What makes a checkpoint resumable: the same params, precision, data and code (this script and
+    # the package modules it runs, not the package's other files).
+    code = [file_digest(m.__file__) for name, m in sorted(sys.modules.items())
+            if name.startswith("fmnist.") and getattr(m, "__file__", None)] + [file_digest(__file__)]
+    ckpt = EpochCheckpoint(args.checkpoints, fingerprint(hp, to_dict(train_p), to_dict(model_p), precision, code,
                                                          tags["fmnist.input.train_images"],
                                                          tags["fmnist.input.valid_images"]))
     config = {"model_name": model_p.name, "input_size": train.size, "dropout": hp["dropout"],
-              "head": model_p.head, "lrn": model_p.lrn}
+              "head": model_p.head, "lrn": model_p.lrn, "precision": model_p.precision}
     with tracker.run("train", tags=tags) as run:
         run.log_params(flatten({"train": to_dict(train_p), "model": to_dict(model_p)})
                        | {f"used.{k}": v for k, v in hp.items()}
-                       | {"input_size": train.size, "train_images": len(train), "threads": threads})
+                       | {"input_size": train.size, "train_images": len(train), "threads": threads,
+                          "precision": precision, "device": device})
         logger = MlflowEpochLogger(run)
         net = build_net(model_name=model_p.name, input_size=train.size, head=model_p.head, lrn=model_p.lrn,
                         lr=hp["lr"], batch_size=hp["batch_size"], dropout=hp["dropout"],
                         max_epochs=train_p.max_epochs, patience=train_p.patience, seed=train_p.seed,
                         valid=valid, augment=train_p.augment, progress_bar=train_p.progress_bar,
-                        extra_callbacks=[("checkpoint", ckpt), ("mlflow", logger)])
+                        extra_callbacks=[("checkpoint", ckpt), ("mlflow", logger)], device=device,
+                        precision=precision)
         start = time.perf_counter()
         trained = fit(net, train, ckpt, on_resume=logger.log_history, seed=train_p.seed)
         seconds = time.perf_counter() - start
@@ -85,7 +91,7 @@ def main() -> None:
         save_model(net.module_, config, args.model)
         write_json(args.history, history)
         write_json(args.metrics, {"best_valid_acc": best["valid_acc"], "best_epoch": best["epoch"],
-                                  "epochs": len(history), **hp})
+                                  "epochs": len(history), "precision": precision, **hp})
         run.log_metrics({"best_valid_acc": best["valid_acc"], "best_epoch": best["epoch"],
                          "train_seconds": seconds,
                          "images_per_second": trained * len(train) / seconds if trained else 0.0})

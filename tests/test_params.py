@@ -43,6 +43,7 @@ def test_min_input_size_matches_the_model():
     (lambda p: p["search"]["grid"].update(dropout=[0.5, 1.5]), "search.grid.dropout[1]=1.5", "<= 0.95"),
     (lambda p: p["search"].update(strategy="random"), "search.strategy='random'", "one of 'grid', 'halving'"),
     (lambda p: p["model"].update(name="VGG"), "model.name='VGG'", "'AlexNetSmall', 'AlexNet'"),
+    (lambda p: p["model"].update(precision="fp16"), "model.precision='fp16'", "one of 'auto', 'fp32', 'bf16'"),
     (lambda p: p["resize"].update(size=50), "resize.size=50", "allowed: 67 or more"),
     (lambda p: p["train"].update(batch_size=60_000), "train.batch_size=60000", "allowed: 1..55000"),
     (lambda p: p["split"].update(train_size=500), "search.subset=8000", "up to 500"),

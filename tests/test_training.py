@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from fmnist.predict import predict_proba
 from fmnist.training import (BatchIterator, EpochCheckpoint, ImageSet, augment_batch, build_net,
-                             cosine_factor, fit, seed_everything)
+                             cosine_factor, fit, resolve_precision, seed_everything)
 
 
 def tiny_sets(n_train=96, n_valid=40, size=67):
@@ -45,27 +46,29 @@ def test_cosine_factor_closed_form():
     assert cosine_factor(8, 8) == pytest.approx(0.0)
 
 
-def make_net(valid, checkpoint, epochs=3):
+def make_net(valid, checkpoint=None, epochs=3, precision="fp32"):
     return build_net(model_name="AlexNetSmall", input_size=67, head="linear", lrn=False, lr=1e-3,
                      batch_size=32, dropout=0.5, max_epochs=epochs, patience=5, seed=7, valid=valid,
-                     extra_callbacks=[("checkpoint", checkpoint)], device="cpu")
+                     extra_callbacks=[("checkpoint", checkpoint)] if checkpoint else [], device="cpu",
+                     precision=precision)
 
 
 class StopAfter(Exception):
     pass
 
 
-def test_resume_gives_the_same_weights_as_an_unbroken_run(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_gives_the_same_weights_as_an_unbroken_run(tmp_path, precision):
     torch.set_num_threads(1)
     train, valid = tiny_sets()
     seed_everything(7)
     straight_ckpt = EpochCheckpoint(tmp_path / "straight", "fp")
-    straight = make_net(valid, straight_ckpt)
+    straight = make_net(valid, straight_ckpt, precision=precision)
     fit(straight, train, straight_ckpt, seed=7)
 
     seed_everything(7)
     ckpt = EpochCheckpoint(tmp_path / "resumed", "fp")
-    broken = make_net(valid, ckpt)
+    broken = make_net(valid, ckpt, precision=precision)
     broken.initialize()
     real_on_epoch_end = ckpt.on_epoch_end
 
@@ -80,7 +83,7 @@ def test_resume_gives_the_same_weights_as_an_unbroken_run(tmp_path):
 
     seed_everything(1234)  # a fresh process: nothing in memory carries over
     ckpt2 = EpochCheckpoint(tmp_path / "resumed", "fp")
-    resumed = make_net(valid, ckpt2)
+    resumed = make_net(valid, ckpt2, precision=precision)
     trained = fit(resumed, train, ckpt2, seed=7)
     assert trained == 2
     assert [r["valid_acc"] for r in resumed.history] == [r["valid_acc"] for r in straight.history]
@@ -108,3 +111,47 @@ def test_a_finished_run_is_trained_again_not_resumed(tmp_path):
     assert fit(again, train, ckpt, seed=7) == 2
     for a, b in zip(first.module_.state_dict().values(), again.module_.state_dict().values()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, cuda_bf16, device, expected", [
+    (True, True, False, "cpu", "bf16"),
+    (False, True, False, "cpu", "bf16"),
+    (False, False, False, "cpu", "fp32"),  # emulated bf16 is slower than fp32
+    (False, False, True, "cuda", "bf16"),
+    (True, True, False, "cuda", "fp32"),  # the GPU decides, not the CPU
+])
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch, amx, avx512_bf16, cuda_bf16, device,
+                                                               expected):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
+    assert resolve_precision("auto", device) == expected
+    assert resolve_precision("fp32", device) == "fp32" and resolve_precision("bf16", device) == "bf16"
+
+
+def test_bf16_trains_channels_last_with_fp32_weights_and_logits():
+    train, valid = tiny_sets()
+    seed_everything(7)
+    net = make_net(valid, epochs=4, precision="bf16")
+    net.fit(train, y=None)
+    conv = net.module_.c2.conv.weight
+    assert conv.dtype == torch.float32 and conv.is_contiguous(memory_format=torch.channels_last)
+    assert net.infer(valid.images[:4].unsqueeze(1).float() / 255).dtype == torch.float32
+    losses = net.history[:, "train_loss"]
+    assert losses[-1] < losses[0] and net.history[-1, "valid_acc"] > 0.3  # chance is 0.1
+
+
+def test_bf16_predictions_match_fp32():
+    train, valid = tiny_sets()
+    seed_everything(7)
+    net = make_net(valid, epochs=4)
+    net.fit(train, y=None)
+    module = net.module_.eval()
+    images = valid.images.numpy()
+    fp32 = predict_proba(module, images, 67, precision="fp32")
+    bf16 = predict_proba(module, images, 67, precision="bf16")
+    assert fp32.dtype == bf16.dtype == np.float32
+    assert np.allclose(bf16.sum(axis=1), 1.0, atol=1e-5)
+    assert np.abs(bf16 - fp32).max() < 0.05  # bf16 keeps 8 bits of mantissa
+    assert (bf16.argmax(axis=1) == fp32.argmax(axis=1)).mean() >= 0.95
+    assert module.c2.conv.weight.is_contiguous()  # bf16 ran a channels-last copy; the caller's module is as it was

@@ -137,7 +137,7 @@ def _predict(images: np.ndarray, args) -> list[tuple[str, float]]:
         module, config = load_model(model)
     except Exception as err:  # a file that is not one of ours: say which, in one line
         raise PredictError(f"{model}: not a model saved by the pipeline ({_first_line(err)[:120]})") from None
-    prob = predict_proba(module, images, config["input_size"])
+    prob = predict_proba(module, images, config["input_size"], precision=config["precision"])
     return [(CLASS_NAMES[i], float(prob[k, i])) for k, i in enumerate(prob.argmax(axis=1))]
 
 

@@ -62,6 +62,9 @@ class ModelParams:
     # seed notebook did; kept only to measure how much it costs.
     head: Literal["linear", "seed"]
     lrn: bool  # the paper's local response normalisation after conv1 and conv2
+    # Compute precision of search, train and every prediction: "bf16" (mixed precision, fp32
+    # weights), "fp32", or "auto": bf16 where the CPU (AMX, AVX512-BF16) or GPU does it natively.
+    precision: Literal["auto", "fp32", "bf16"]
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 import weakref
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from fmnist.data import resize_images
 from fmnist.files import save_torch
 from fmnist.model import MODELS, AlexNetBase
-from fmnist.training import to_float
+from fmnist.training import autocast, resolve_precision, to_compute_layout, to_float
 
 
 def save_model(module: AlexNetBase, config: dict, path: str | Path) -> None:
@@ -21,9 +22,13 @@ def save_model(module: AlexNetBase, config: dict, path: str | Path) -> None:
 
 
 def load_model(path: str | Path) -> tuple[AlexNetBase, dict]:
-    """Rebuild a saved module (safe loading: tensors and plain values only)."""
+    """Rebuild a saved module (safe loading: tensors and plain values only).
+
+    ``config["precision"]`` is the precision it was trained in (``auto`` by default): pass it to
+    :func:`predict_proba` to predict as evaluate did.
+    """
     state = torch.load(path, map_location="cpu", weights_only=True)
-    config = state["config"]
+    config = {"precision": "auto", **state["config"]}
     module = MODELS[config["model_name"]](input_size=config["input_size"], dropout=config["dropout"],
                                           head=config["head"], lrn=config["lrn"])
     module.load_state_dict(state["state_dict"])
@@ -43,42 +48,52 @@ def as_images(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x), 0, 255).astype(np.uint8) if x.dtype != np.uint8 else x
 
 
-_FROZEN: "weakref.WeakKeyDictionary[AlexNetBase, torch.nn.Module]" = weakref.WeakKeyDictionary()
+_FAST: "weakref.WeakKeyDictionary[AlexNetBase, dict]" = weakref.WeakKeyDictionary()
 
 
-def inference_module(module: AlexNetBase, device: str = "cpu") -> torch.nn.Module:
-    """``module`` frozen for CPU inference, or ``module`` itself where that is not possible.
+def inference_module(module: AlexNetBase, device: str = "cpu", precision: str = "fp32") -> torch.nn.Module:
+    """``module`` made fast for inference on ``device`` in ``precision`` (``fp32``/``bf16``).
 
-    Freezing (TorchScript + ``optimize_for_inference``) fuses conv + ReLU and keeps weights in
-    oneDNN's layout: about 1.3x the eager speed at 67 px on a 2-core CPU, with the same
-    probabilities (benchmarks/train.py measures it). TorchScript is deprecated in favour of
-    ``torch.compile``, whose compile time would cost more than it saves for one test set; so any
-    failure here falls back to eager mode.
+    On the CPU, fp32: frozen TorchScript (``optimize_for_inference`` fuses conv + ReLU and keeps
+    weights in oneDNN's layout: about 1.3x the eager speed at 67 px on 2 cores); bf16: a
+    channels-last copy, to be run under :func:`fmnist.training.autocast` (about 2x the frozen fp32
+    speed where the CPU has AMX). benchmarks/train.py measures both. TorchScript is deprecated in
+    favour of ``torch.compile``, whose compile time would cost more than it saves for one test
+    set; any failure to freeze falls back to eager mode. Elsewhere: ``module`` itself.
     """
     if device != "cpu" or module.training:
         return module
-    frozen = _FROZEN.get(module)
-    if frozen is None:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                frozen = torch.jit.optimize_for_inference(torch.jit.script(module))
-        except Exception:  # an unscriptable module or a torch without TorchScript
-            frozen = module
-        _FROZEN[module] = frozen
-    return frozen
+    cache = _FAST.setdefault(module, {})
+    if precision not in cache:
+        if precision == "bf16":
+            cache[precision] = to_compute_layout(copy.deepcopy(module), precision, device)
+        else:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)
+                    cache[precision] = torch.jit.optimize_for_inference(torch.jit.script(module))
+            except Exception:  # an unscriptable module or a torch without TorchScript
+                cache[precision] = module
+    return cache[precision]
 
 
 @torch.inference_mode()
 def predict_proba(module: AlexNetBase, images: np.ndarray, input_size: int, batch_size: int = 1024,
-                  device: str = "cpu") -> np.ndarray:
-    """Class probabilities ``(N, 10)`` for uint8 images of any square size (resized to the model's)."""
-    module = inference_module(module.to(device).eval(), device)
+                  device: str = "cpu", precision: str = "auto") -> np.ndarray:
+    """Class probabilities ``(N, 10)`` for uint8 images of any square size (resized to the model's).
+
+    ``precision``: ``fp32``, ``bf16`` (autocast; the probabilities are computed in fp32 from the
+    logits), or ``auto`` (:func:`fmnist.training.resolve_precision`, on this machine).
+    """
+    precision = resolve_precision(precision, device)
+    fast = inference_module(module.to(device).eval(), device, precision)
     out = []
     for start in range(0, len(images), batch_size):
         block = images[start:start + batch_size]
         if block.shape[-1] != input_size:
             block = resize_images(block, input_size)
         x = to_float(torch.from_numpy(np.ascontiguousarray(block))).to(device)
-        out.append(torch.softmax(module(x), dim=1).cpu().numpy())
+        with autocast(precision, device):
+            logits = fast(x)
+        out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 10), dtype=np.float32)

@@ -28,7 +28,8 @@ class FashionMnistClassifier(mlflow.pyfunc.PythonModel):
             model_input = model_input.to_numpy()
         elif isinstance(model_input, dict):  # a tensor-spec signature may hand over {"name": array}
             model_input = next(iter(model_input.values()))
-        prob = predict_proba(self.module, as_images(model_input), self.config["input_size"])
+        prob = predict_proba(self.module, as_images(model_input), self.config["input_size"],
+                             precision=self.config["precision"])
         return result_frame(prob)
 
 

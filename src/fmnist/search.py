@@ -42,7 +42,7 @@ import numpy as np
 from skorch.callbacks import Callback
 
 from fmnist.errors import SearchError
-from fmnist.training import ImageSet, _plain_history, build_net, seed_everything
+from fmnist.training import ImageSet, build_net, plain_history, resolve_precision, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class TrialSetup:
     epochs: int  # the full budget; the cosine learning-rate schedule spans it
     cv: int = 0  # 0: score on the validation split; k >= 2: stratified k-fold on the training images
     threads: int = 0  # torch threads per trial; 0: cores // trials at once on the machine
+    precision: str = "fp32"  # auto, fp32 or bf16; auto is resolved on the machine that runs the trial
 
 
 @dataclass(frozen=True, eq=False)
@@ -199,7 +200,7 @@ def _pack(net) -> bytes:
 
     buf = io.BytesIO()
     torch.save({"module": net.module_.state_dict(), "optimizer": net.optimizer_.state_dict(),
-                "history": json.dumps(_plain_history(net.history))}, buf)
+                "history": json.dumps(plain_history(net.history))}, buf)
     return buf.getvalue()
 
 
@@ -239,7 +240,8 @@ def _fold_net(task: Task, setup: TrialSetup, train: ImageSet, valid: ImageSet, s
     net = build_net(model_name=setup.model_name, input_size=train.size, head=setup.head, lrn=setup.lrn,
                     lr=task.config["lr"], batch_size=task.config["batch_size"], dropout=task.config["dropout"],
                     max_epochs=setup.epochs, patience=setup.epochs + 1, seed=setup.seed, valid=valid,
-                    extra_callbacks=[("divergence", StopOnDivergence()), *callbacks], device="cpu")
+                    extra_callbacks=[("divergence", StopOnDivergence()), *callbacks], device="cpu",
+                    precision=setup.precision)
     net.initialize()
     if state is not None:
         _unpack(net, state)
@@ -332,7 +334,8 @@ def _open_run(stack: contextlib.ExitStack, task: Task, setup: TrialSetup, tracki
     name = f"r{task.round + 1} lr={config['lr']:g} bs={config['batch_size']} dropout={config['dropout']:g}"
     run = stack.enter_context(tracker.run(name, tags=tracking.tags, parent=tracking.parent_run_id))
     run.log_params({**config, "round": task.round, "epochs": task.epochs, "start_epoch": task.start_epoch,
-                    "train_images": task.samples, "cv": setup.cv, "torch_threads": n_threads})
+                    "train_images": task.samples, "cv": setup.cv, "torch_threads": n_threads,
+                    "precision": resolve_precision(setup.precision, "cpu")})
     run.set_tags({"fmnist.trial_host": os.uname().nodename, "fmnist.trial_pid": os.getpid()})
     return run
 

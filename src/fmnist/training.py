@@ -46,6 +46,36 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def resolve_precision(precision: str, device: str) -> str:
+    """``fp32`` or ``bf16`` for ``precision`` (``auto``, ``fp32`` or ``bf16``) on ``device``.
+
+    ``auto`` is bf16 where the hardware computes it natively: a CPU with AMX or AVX512-BF16
+    (where oneDNN's bf16 convolutions train AlexNetSmall about 1.7x as fast as fp32 and predict
+    about 2x as fast; benchmarks/train.py measures it), or a GPU that supports bf16. Elsewhere
+    bf16 is emulated and slower than fp32, so ``auto`` is fp32 there.
+    """
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    return "bf16" if native and torch.backends.mkldnn.is_available() else "fp32"
+
+
+def autocast(precision: str, device: str):
+    """Mixed precision for ``bf16`` (weights, gradients and optimizer stay fp32), a no-op for fp32."""
+    return torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def to_compute_layout(module: nn.Module, precision: str, device: str) -> nn.Module:
+    """``module`` in the memory layout its precision runs fastest in: channels-last for bf16 on a
+    CPU (oneDNN's blocked bf16 kernels: a further 1.1-1.2x over NCHW in training), else as is
+    (channels-last fp32 trained 10% slower on the CPU). In place, as ``Module.to``."""
+    if precision == "bf16" and device == "cpu":
+        return module.to(memory_format=torch.channels_last)
+    return module
+
+
 class ImageSet(torch.utils.data.Dataset):
     """uint8 images ``(N, S, S)`` and int labels, kept as uint8 and converted per batch.
 
@@ -188,7 +218,7 @@ class EpochCheckpoint(Callback):
         save_torch(self.last_path, {
             "module": net.module_.state_dict(),
             "optimizer": net.optimizer_.state_dict(),
-            "history": json.dumps(_plain_history(net.history)),
+            "history": json.dumps(plain_history(net.history)),
             "fingerprint": self.fingerprint,
         })
 
@@ -213,9 +243,9 @@ class EpochCheckpoint(Callback):
         net.module_.load_state_dict(state["module"])
 
 
-def _plain_history(history) -> list:
-    # Drop the per-batch rows (large, not needed to resume) and the timings (so that two runs
-    # write identical checkpoints).
+def plain_history(history) -> list:
+    """skorch's history as plain JSON-able rows, without the per-batch rows (large, not needed to
+    resume) and the timings (so that two runs write identical checkpoints)."""
     return [{k: v for k, v in row.items() if k not in ("batches", "dur")} for row in history]
 
 
@@ -233,15 +263,39 @@ def fingerprint(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+class Classifier(NeuralNetClassifier):
+    """skorch's ``NeuralNetClassifier`` that runs the module in ``precision`` (``fp32``/``bf16``).
+
+    bf16 is autocast around the forward pass only: the logits come back as fp32, so the loss,
+    the scores and the predicted probabilities are computed in fp32, and Adam updates fp32 weights.
+    """
+
+    def __init__(self, module, *args, precision: str = "fp32", **kwargs):
+        super().__init__(module, *args, **kwargs)
+        self.precision = precision
+
+    def initialize_module(self):
+        super().initialize_module()
+        to_compute_layout(self.module_, self.precision, str(self.device))
+        return self
+
+    def infer(self, x, **fit_params):
+        with autocast(self.precision, str(self.device)):
+            y = super().infer(x, **fit_params)
+        return y.float()
+
+
 def build_net(*, model_name: str, input_size: int, head: str, lrn: bool, lr: float, batch_size: int,
               dropout: float, max_epochs: int, patience: int, seed: int, valid: ImageSet,
               augment: bool = False, progress_bar: bool = False, extra_callbacks: list | None = None,
-              device: str | None = None) -> NeuralNetClassifier:
+              device: str | None = None, precision: str = "fp32") -> Classifier:
     """The seed's skorch ``NeuralNetClassifier`` with its callbacks, made resumable and fast.
 
     Callbacks: progress bar (optional), cosine LR per epoch, early stopping on ``valid_acc``,
     train accuracy (from the cached training predictions, no extra pass), per-epoch reseeding.
+    ``precision`` may be ``auto`` (:func:`resolve_precision`); ``net.precision`` says what it became.
     """
+    device = device or pick_device()
     callbacks: list = [
         ("seed_each_epoch", SeedEachEpoch(seed)),
         ("train_acc", EpochScoring("accuracy", name="train_acc", on_train=True, lower_is_better=False)),
@@ -253,7 +307,7 @@ def build_net(*, model_name: str, input_size: int, head: str, lrn: bool, lr: flo
     if progress_bar:
         callbacks.insert(0, ("progress_bar", ProgressBar()))
     callbacks.extend(extra_callbacks or [])
-    return NeuralNetClassifier(
+    return Classifier(
         MODELS[model_name],
         module__input_size=input_size,
         module__dropout=dropout,
@@ -271,8 +325,9 @@ def build_net(*, model_name: str, input_size: int, head: str, lrn: bool, lr: flo
         iterator_valid=BatchIterator,
         callbacks=callbacks,
         classes=list(range(N_CLASSES)),
-        device=device or pick_device(),
+        device=device,
         verbose=1 if progress_bar else 0,
+        precision=resolve_precision(precision, device),
     )
 
 
