@@ -3,16 +3,18 @@
     python benchmarks/train.py [--images 8192] [--epochs 2] > benchmarks/results/train.txt
 
 Measures, in this one run (a shared machine drifts; ratios taken in one run hold):
-  * the machine's float32 matmul GFLOP/s (2048x2048, best of several),
+  * the machine's matmul GFLOP/s (2048x2048, best of several), float32 and bfloat16,
   * (a) the seed notebook's way: a Dataset that resizes a PIL image per sample with
-    transforms.Resize(67) + ToTensor, skorch with its default DataLoader, batch 2048,
+    transforms.Resize(67) + ToTensor, skorch with its default DataLoader, batch 2048, float32,
   * (b) this pipeline's train stage code with its default params (skorch, all callbacks,
-    progress bar and MLflow logging into a throwaway store),
-  * (c) a plain PyTorch loop over the same tensors at the same batch size as (b),
-  * evaluate's prediction speed (batched, no grad),
+    progress bar and MLflow logging into a throwaway store; model.precision as in params.yaml,
+    which is bf16 mixed precision on a CPU with AMX or AVX512-BF16), and again in fp32,
+  * (c) a plain PyTorch loop over the same tensors at the same batch size and precision as (b),
+  * evaluate's prediction speed (batched, no grad), in the default precision and in fp32,
   * peak memory of resize and train at 227 px (AlexNet) on a subset, extrapolated to 70k images.
 Each variant runs in its own process, so its peak memory is its own. The last line holds the
-headline figures.
+headline figures; its peak_fraction is against the float32 matmul peak, so a train stage that
+computes in bf16 can pass 1 (the report prints its fraction of the bf16 peak too).
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+def matmul_gflops(n: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=getattr(torch, dtype)), torch.randn(n, n, dtype=getattr(torch, dtype))
     a @ b
     best = float("inf")
     for _ in range(repeats):
@@ -107,8 +109,9 @@ def variant_seed(n_train: int, n_valid: int, epochs: int) -> dict:
     return {"images_per_s": n_train * epochs / seconds, "seconds": seconds}
 
 
-def variant_pipeline(n_train: int, n_valid: int, epochs: int) -> dict:
-    """The train stage's code path with the default params: build_net + fit + MLflow logging."""
+def variant_pipeline(n_train: int, n_valid: int, epochs: int, precision: str = "") -> dict:
+    """The train stage's code path with the default params (``precision`` overrides
+    model.precision): build_net + fit + MLflow logging."""
     import numpy as np
 
     from fmnist.data import resize_images
@@ -131,30 +134,33 @@ def variant_pipeline(n_train: int, n_valid: int, epochs: int) -> dict:
                             lrn=params.model.lrn, lr=t.lr, batch_size=t.batch_size, dropout=t.dropout,
                             max_epochs=epochs, patience=t.patience, seed=t.seed, valid=valid,
                             augment=t.augment, progress_bar=t.progress_bar,
-                            extra_callbacks=[("checkpoint", ckpt), ("mlflow", MlflowEpochLogger(run))])
+                            extra_callbacks=[("checkpoint", ckpt), ("mlflow", MlflowEpochLogger(run))],
+                            device="cpu", precision=precision or params.model.precision)
             start = time.perf_counter()
             fit(net, train, ckpt, seed=t.seed)
             seconds = time.perf_counter() - start
-    return {"images_per_s": n_train * epochs / seconds, "seconds": seconds, "batch_size": params.train.batch_size}
+    return {"images_per_s": n_train * epochs / seconds, "seconds": seconds, "batch_size": params.train.batch_size,
+            "precision": net.precision}
 
 
-def variant_plain(n_train: int, n_valid: int, epochs: int) -> dict:
-    """A plain PyTorch loop: same model, tensors, batch size and validation pass; no skorch."""
+def variant_plain(n_train: int, n_valid: int, epochs: int, precision: str = "") -> dict:
+    """A plain PyTorch loop: same model, tensors, batch size, precision and validation pass; no skorch."""
     import torch
 
     from fmnist.data import resize_images
     from fmnist.model import AlexNetSmall
     from fmnist.params import load_params
-    from fmnist.training import set_threads, to_float
+    from fmnist.training import autocast, resolve_precision, set_threads, to_compute_layout, to_float
 
     params = load_params(ROOT / "params.yaml")
+    precision = resolve_precision(precision or params.model.precision, "cpu")
     images, labels, v_images, v_labels = load_data(n_train, n_valid)
     x = torch.from_numpy(resize_images(images, params.resize.size))
     y = torch.from_numpy(labels)
     vx = torch.from_numpy(resize_images(v_images, params.resize.size))
     set_threads(params.train.threads)
     torch.manual_seed(0)
-    model = AlexNetSmall(dropout=params.train.dropout)
+    model = to_compute_layout(AlexNetSmall(dropout=params.train.dropout), precision, "cpu")
     opt = torch.optim.Adam(model.parameters(), lr=params.train.lr)
     loss_fn = torch.nn.CrossEntropyLoss()
     bs = params.train.batch_size
@@ -165,37 +171,41 @@ def variant_plain(n_train: int, n_valid: int, epochs: int) -> dict:
         for s in range(0, len(y), bs):
             idx = order[s:s + bs]
             opt.zero_grad()
-            loss = loss_fn(model(to_float(x[idx])), y[idx])
+            with autocast(precision, "cpu"):
+                out = model(to_float(x[idx]))
+            loss = loss_fn(out.float(), y[idx])
             loss.backward()
             opt.step()
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast(precision, "cpu"):
             for s in range(0, len(vx), bs):
                 model(to_float(vx[s:s + bs]))
     seconds = time.perf_counter() - start
-    return {"images_per_s": n_train * epochs / seconds, "seconds": seconds}
+    return {"images_per_s": n_train * epochs / seconds, "seconds": seconds, "precision": precision}
 
 
-def variant_evaluate(n_test: int) -> dict:
+def variant_evaluate(n_test: int, precision: str = "") -> dict:
     import torch
 
     from fmnist.data import load_split, resize_images
     from fmnist.model import AlexNetSmall
     from fmnist.params import load_params
     from fmnist.predict import predict_proba
-    from fmnist.training import set_threads
+    from fmnist.training import resolve_precision, set_threads
 
     params = load_params(ROOT / "params.yaml")
+    precision = resolve_precision(precision or params.model.precision, "cpu")
     images, _ = load_split(ROOT / "data" / "split", "test")
     images = resize_images(images[:n_test], params.resize.size)
     set_threads(0)
     torch.manual_seed(0)
     model = AlexNetSmall().eval()
-    predict_proba(model, images[:params.evaluate.batch_size], params.resize.size, params.evaluate.batch_size)
+    batch = params.evaluate.batch_size
+    predict_proba(model, images[:batch], params.resize.size, batch, precision=precision)
     start = time.perf_counter()
-    predict_proba(model, images, params.resize.size, params.evaluate.batch_size)
+    predict_proba(model, images, params.resize.size, batch, precision=precision)
     seconds = time.perf_counter() - start
-    return {"images_per_s": n_test / seconds, "seconds": seconds}
+    return {"images_per_s": n_test / seconds, "seconds": seconds, "precision": precision}
 
 
 def variant_resize227(n: int) -> dict:
@@ -262,7 +272,7 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         name, *rest = args.child
-        result = VARIANTS[name](*map(int, rest))
+        result = VARIANTS[name](*(int(a) if a.isdigit() else a for a in rest))
         result["peak_mb"] = peak_rss_mb()
         print(json.dumps(result))
         return
@@ -273,26 +283,39 @@ def main() -> None:
         sys.exit("error: data/split is missing; run `dvc repro split` first")
     torch.set_num_threads(os.cpu_count() or 1)
     peak = matmul_gflops()
+    peak_bf16 = matmul_gflops(dtype="bfloat16")
     flops = flops_per_image()
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"matmul 2048x2048 float32: {peak:.0f} GFLOP/s")
+    print(f"matmul 2048x2048 float32: {peak:.0f} GFLOP/s; bfloat16: {peak_bf16:.0f} GFLOP/s")
     print(f"AlexNetSmall at 67 px, forward + backward: {flops / 1e9:.3f} GFLOP per image")
     print(f"training: {args.images} images x {args.epochs} epochs, validation on {args.valid} images per epoch\n")
     rows = {}
-    for name, label in (("seed", "(a) seed notebook: PIL resize per sample + skorch, batch 2048"),
-                        ("pipeline", "(b) pipeline train stage, default params"),
-                        ("plain", "(c) plain PyTorch loop, same batch size as (b)")):
-        rows[name] = r = run_child(name, args.images, args.valid, args.epochs)
-        frac = r["images_per_s"] * flops / 1e9 / peak
-        rows[name]["peak_fraction"] = frac
-        print(f"{label}\n    {r['images_per_s']:7.0f} images/s   {frac * 100:5.1f}% of matmul peak   "
+    sizes = (args.images, args.valid, args.epochs)
+    for key, (name, *extra), label in (
+            ("seed", ("seed",), "(a) seed notebook: PIL resize per sample + skorch, batch 2048, fp32"),
+            ("pipeline", ("pipeline",), "(b) pipeline train stage, default params"),
+            ("plain", ("plain",), "(c) plain PyTorch loop, same batch size and precision as (b)"),
+            ("pipeline_fp32", ("pipeline", "fp32"), "(b32) pipeline train stage, default params but fp32"),
+            ("plain_fp32", ("plain", "fp32"), "(c32) plain PyTorch loop, fp32")):
+        rows[key] = r = run_child(name, *sizes, *extra)
+        r["peak_fraction"] = frac = r["images_per_s"] * flops / 1e9 / peak
+        of_bf16 = (f", {r['images_per_s'] * flops / 1e9 / peak_bf16 * 100:.1f}% of the bf16 peak"
+                   if r.get("precision") == "bf16" else "")
+        print(f"{label}{' [' + r['precision'] + ']' if 'precision' in r else ''}\n"
+              f"    {r['images_per_s']:7.0f} images/s   {frac * 100:5.1f}% of the fp32 matmul peak{of_bf16}   "
               f"peak memory {r['peak_mb']:6.0f} MB   ({r['seconds']:.1f} s)")
     ratio = rows["pipeline"]["images_per_s"] / rows["seed"]["images_per_s"]
-    overhead = 1 - rows["pipeline"]["images_per_s"] / rows["plain"]["images_per_s"]
-    print(f"\npipeline / seed = {ratio:.2f}x; skorch + callbacks + MLflow cost {overhead * 100:.1f}% "
-          f"of the plain loop's speed")
+    print(f"\npipeline / seed = {ratio:.2f}x (in fp32 alone: "
+          f"{rows['pipeline_fp32']['images_per_s'] / rows['seed']['images_per_s']:.2f}x)")
+    for pipe, plain, what in (("pipeline", "plain", rows["pipeline"]["precision"]),
+                              ("pipeline_fp32", "plain_fp32", "fp32")):
+        overhead = 1 - rows[pipe]["images_per_s"] / rows[plain]["images_per_s"]
+        print(f"skorch + callbacks + MLflow in {what}: {overhead * 100:+.1f}% of the plain loop's speed "
+              f"(negative: the pipeline was faster)")
     ev = run_child("evaluate", 10_000)
-    print(f"evaluate: {ev['images_per_s']:.0f} images/s predicting 10000 test images (batched, no grad)")
+    ev32 = run_child("evaluate", 10_000, "fp32")
+    print(f"evaluate: {ev['images_per_s']:.0f} images/s predicting 10000 test images [{ev['precision']}] "
+          f"(fp32: {ev32['images_per_s']:.0f}); batched, no grad")
 
     print("\nmemory at 227 px (AlexNet), measured on subsets, extrapolated linearly to 70k images:")
     for name, sizes in (("resize227", (2000, 8000)), ("train227", (512, 1024))):
