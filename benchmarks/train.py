@@ -223,43 +223,59 @@ def variant_resize227(n: int) -> dict:
     return {"seconds": seconds, "base_mb": base}
 
 
-def variant_train227(n: int) -> dict:
-    """As the train stage does it: resized uint8 arrays on disk, loaded, one epoch of AlexNet."""
-    import torch
-
+def variant_prep227(n: int, folder: str) -> dict:
+    """What the resize stage leaves for train at 227 px: n training and 64 validation images."""
     from fmnist.data import iter_resized, load_split
     from fmnist.files import array_writer, save_array
-    from fmnist.training import ImageSet, build_net, set_threads
 
     images, labels = load_split(ROOT / "data" / "split", "train")
+    for name, part in (("train", slice(0, n)), ("valid", slice(n, n + 64))):
+        with array_writer(Path(folder) / f"{name}_images.npy", (len(labels[part]), 227, 227)) as write:
+            for block in iter_resized(images[part], 227):
+                write(block)
+        save_array(Path(folder) / f"{name}_labels.npy", labels[part])
+    return {}
+
+
+def variant_train227(n: int, folder: str) -> dict:
+    """As the train stage does it: the resized uint8 arrays loaded, one epoch of AlexNet. Its own
+    process, after :func:`variant_prep227`'s, so that its peak memory is the training's alone."""
+    import torch
+
+    from fmnist.data import load_split
+    from fmnist.params import load_params
+    from fmnist.training import ImageSet, build_net, set_threads
+
+    base = peak_rss_mb()
+    train = ImageSet(*load_split(folder, "train"))
+    valid = ImageSet(*load_split(folder, "valid"))
+    set_threads(0)
+    torch.manual_seed(0)
+    net = build_net(model_name="AlexNet", input_size=227, head="linear", lrn=False, lr=1e-4, batch_size=64,
+                    dropout=0.5, max_epochs=1, patience=2, seed=0, valid=valid, device="cpu",
+                    precision=load_params(ROOT / "params.yaml").model.precision)
+    start = time.perf_counter()
+    net.fit(train, y=None)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "base_mb": base, "images_per_s": n / seconds, "precision": net.precision}
+
+
+def run_train227(n: int, env: dict | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        for name, part in (("train", slice(0, n)), ("valid", slice(n, n + 64))):
-            with array_writer(Path(tmp) / f"{name}_images.npy", (len(labels[part]), 227, 227)) as write:
-                for block in iter_resized(images[part], 227):
-                    write(block)
-            save_array(Path(tmp) / f"{name}_labels.npy", labels[part])
-        del images, labels
-        base = peak_rss_mb()
-        train = ImageSet(*load_split(tmp, "train"))
-        valid = ImageSet(*load_split(tmp, "valid"))
-        set_threads(0)
-        torch.manual_seed(0)
-        net = build_net(model_name="AlexNet", input_size=227, head="linear", lrn=False, lr=1e-4, batch_size=64,
-                        dropout=0.5, max_epochs=1, patience=2, seed=0, valid=valid, device="cpu")
-        start = time.perf_counter()
-        net.fit(train, y=None)
-        seconds = time.perf_counter() - start
-    return {"seconds": seconds, "base_mb": base, "images_per_s": n / seconds}
+        run_child("prep227", n, tmp)
+        return run_child("train227", n, tmp, env=env)
 
 
 VARIANTS = {"seed": variant_seed, "pipeline": variant_pipeline, "plain": variant_plain,
-            "evaluate": variant_evaluate, "resize227": variant_resize227, "train227": variant_train227}
+            "evaluate": variant_evaluate, "resize227": variant_resize227, "prep227": variant_prep227,
+            "train227": variant_train227}
 
 
-def run_child(name: str, *args) -> dict:
-    """Run one variant in a fresh process; return its result with its own peak memory."""
+def run_child(name: str, *args, env: dict | None = None) -> dict:
+    """Run one variant in a fresh process (``env`` added to its environment); return its result
+    with its own peak memory."""
     out = subprocess.run([sys.executable, __file__, "--child", name, *map(str, args)], capture_output=True,
-                         text=True, check=True, cwd=ROOT)
+                         text=True, check=True, cwd=ROOT, env={**os.environ, **(env or {})})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -318,11 +334,19 @@ def main() -> None:
           f"(fp32: {ev32['images_per_s']:.0f}); batched, no grad")
 
     print("\nmemory at 227 px (AlexNet), measured on subsets, extrapolated linearly to 70k images:")
-    for name, sizes in (("resize227", (2000, 8000)), ("train227", (512, 1024))):
-        small, big = (run_child(name, n) for n in sizes)
+    # Sizes far enough apart that the data (50 KB per image) outweighs the allocator's noise. glibc's
+    # malloc raises its mmap threshold as large blocks are freed, after which batch tensors come
+    # from a heap that fragments: a peak that grows with the number of batches, not with the data.
+    # MALLOC_MMAP_THRESHOLD_ fixed at 1 MiB keeps large blocks in mmap, returned when freed.
+    fixed = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+    for name, sizes, env, how in (("resize227", (2000, 8000), None, ""),
+                                  ("train227", (256, 2048), None, ", glibc malloc defaults"),
+                                  ("train227", (256, 2048), fixed, ", MALLOC_MMAP_THRESHOLD_=1048576")):
+        small, big = (run_train227(n, env) if name == "train227" else run_child(name, n) for n in sizes)
         per_image = (big["peak_mb"] - small["peak_mb"]) / (sizes[1] - sizes[0])
         at_70k = small["peak_mb"] + per_image * (70_000 - sizes[0])
-        print(f"  {name}: peak {small['peak_mb']:.0f} MB at {sizes[0]} images, {big['peak_mb']:.0f} MB at "
+        label = f"{name}{how}" + (f" [{big['precision']}]" if "precision" in big else "")
+        print(f"  {label}:\n    peak {small['peak_mb']:.0f} MB at {sizes[0]} images, {big['peak_mb']:.0f} MB at "
               f"{sizes[1]}; {per_image * 1024:.0f} KB per image (uint8 is {227 * 227 / 1024:.0f} KB, "
               f"float32 {227 * 227 * 4 / 1024:.0f} KB) -> about {at_70k / 1024:.1f} GB at 70k images")
     print(f"\npeak_fraction={rows['pipeline']['peak_fraction']:.3f} pipeline_vs_seed={ratio:.2f} "
