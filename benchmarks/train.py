@@ -1,6 +1,6 @@
 """Training and prediction speed, side by side in one run, against the seed notebook's way.
 
-    python benchmarks/train.py [--images 8192] [--epochs 2] > benchmarks/results/train.txt
+    python benchmarks/train.py [--images 8192] [--epochs 2] [--device auto] > benchmarks/results/train.txt
 
 Measures, in this one run (a shared machine drifts; ratios taken in one run hold):
   * the machine's matmul GFLOP/s (2048x2048, best of several), float32 and bfloat16,
@@ -31,6 +31,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+# Where the variants run: main() sets it for its child processes from --device.
+DEVICE = os.environ.get("FMNIST_BENCH_DEVICE", "cpu")
+
+
+def sync() -> None:
+    """Wait for the GPU, so that a timer measures the work and not its queueing."""
+    if DEVICE.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
 
 
 def peak_rss_mb() -> float:
@@ -40,12 +50,15 @@ def peak_rss_mb() -> float:
 def matmul_gflops(n: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:
     import torch
 
-    a, b = torch.randn(n, n, dtype=getattr(torch, dtype)), torch.randn(n, n, dtype=getattr(torch, dtype))
+    a = torch.randn(n, n, dtype=getattr(torch, dtype), device=DEVICE)
+    b = torch.randn(n, n, dtype=getattr(torch, dtype), device=DEVICE)
     a @ b
+    sync()
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
 
@@ -102,7 +115,7 @@ def variant_seed(n_train: int, n_valid: int, epochs: int) -> dict:
     torch.manual_seed(0)
     net = NeuralNetClassifier(AlexNetSmall, criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.Adam,
                               lr=0.001, batch_size=2048, max_epochs=epochs, train_split=predefined_split(valid),
-                              classes=list(range(10)), device="cpu", verbose=0)
+                              classes=list(range(10)), device=DEVICE, verbose=0)
     start = time.perf_counter()
     net.fit(train, y=None)
     seconds = time.perf_counter() - start
@@ -135,7 +148,7 @@ def variant_pipeline(n_train: int, n_valid: int, epochs: int, precision: str = "
                             max_epochs=epochs, patience=t.patience, seed=t.seed, valid=valid,
                             augment=t.augment, progress_bar=t.progress_bar,
                             extra_callbacks=[("checkpoint", ckpt), ("mlflow", MlflowEpochLogger(run))],
-                            device="cpu", precision=precision or params.model.precision)
+                            device=DEVICE, precision=precision or params.model.precision)
             start = time.perf_counter()
             fit(net, train, ckpt, seed=t.seed)
             seconds = time.perf_counter() - start
@@ -153,14 +166,14 @@ def variant_plain(n_train: int, n_valid: int, epochs: int, precision: str = "") 
     from fmnist.training import autocast, resolve_precision, set_threads, to_compute_layout, to_float
 
     params = load_params(ROOT / "params.yaml")
-    precision = resolve_precision(precision or params.model.precision, "cpu")
+    precision = resolve_precision(precision or params.model.precision, DEVICE)
     images, labels, v_images, v_labels = load_data(n_train, n_valid)
     x = torch.from_numpy(resize_images(images, params.resize.size))
     y = torch.from_numpy(labels)
     vx = torch.from_numpy(resize_images(v_images, params.resize.size))
     set_threads(params.train.threads)
     torch.manual_seed(0)
-    model = to_compute_layout(AlexNetSmall(dropout=params.train.dropout), precision, "cpu")
+    model = to_compute_layout(AlexNetSmall(dropout=params.train.dropout).to(DEVICE), precision, DEVICE)
     opt = torch.optim.Adam(model.parameters(), lr=params.train.lr)
     loss_fn = torch.nn.CrossEntropyLoss()
     bs = params.train.batch_size
@@ -171,15 +184,17 @@ def variant_plain(n_train: int, n_valid: int, epochs: int, precision: str = "") 
         for s in range(0, len(y), bs):
             idx = order[s:s + bs]
             opt.zero_grad()
-            with autocast(precision, "cpu"):
-                out = model(to_float(x[idx]))
-            loss = loss_fn(out.float(), y[idx])
+            with autocast(precision, DEVICE):
+                out = model(to_float(x[idx]).to(DEVICE))
+            loss = loss_fn(out.float(), y[idx].to(DEVICE))
             loss.backward()
             opt.step()
+            loss.item()  # as skorch does per batch: the loss for the log
         model.eval()
-        with torch.no_grad(), autocast(precision, "cpu"):
+        with torch.no_grad(), autocast(precision, DEVICE):
             for s in range(0, len(vx), bs):
-                model(to_float(vx[s:s + bs]))
+                model(to_float(vx[s:s + bs]).to(DEVICE)).cpu()
+    sync()
     seconds = time.perf_counter() - start
     return {"images_per_s": n_train * epochs / seconds, "seconds": seconds, "precision": precision}
 
@@ -194,16 +209,16 @@ def variant_evaluate(n_test: int, precision: str = "") -> dict:
     from fmnist.training import resolve_precision, set_threads
 
     params = load_params(ROOT / "params.yaml")
-    precision = resolve_precision(precision or params.model.precision, "cpu")
+    precision = resolve_precision(precision or params.model.precision, DEVICE)
     images, _ = load_split(ROOT / "data" / "split", "test")
     images = resize_images(images[:n_test], params.resize.size)
     set_threads(0)
     torch.manual_seed(0)
     model = AlexNetSmall().eval()
     batch = params.evaluate.batch_size
-    predict_proba(model, images[:batch], params.resize.size, batch, precision=precision)
+    predict_proba(model, images[:batch], params.resize.size, batch, DEVICE, precision)
     start = time.perf_counter()
-    predict_proba(model, images, params.resize.size, batch, precision=precision)
+    predict_proba(model, images, params.resize.size, batch, DEVICE, precision)
     seconds = time.perf_counter() - start
     return {"images_per_s": n_test / seconds, "seconds": seconds, "precision": precision}
 
@@ -252,7 +267,7 @@ def variant_train227(n: int, folder: str) -> dict:
     set_threads(0)
     torch.manual_seed(0)
     net = build_net(model_name="AlexNet", input_size=227, head="linear", lrn=False, lr=1e-4, batch_size=64,
-                    dropout=0.5, max_epochs=1, patience=2, seed=0, valid=valid, device="cpu",
+                    dropout=0.5, max_epochs=1, patience=2, seed=0, valid=valid, device=DEVICE,
                     precision=load_params(ROOT / "params.yaml").model.precision)
     start = time.perf_counter()
     net.fit(train, y=None)
@@ -280,29 +295,39 @@ def run_child(name: str, *args, env: dict | None = None) -> dict:
 
 
 def main() -> None:
+    global DEVICE
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=8192, help="training images per variant")
     p.add_argument("--valid", type=int, default=2048, help="validation images per epoch")
     p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto: cuda when there is one")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         name, *rest = args.child
         result = VARIANTS[name](*(int(a) if a.isdigit() else a for a in rest))
         result["peak_mb"] = peak_rss_mb()
+        if DEVICE.startswith("cuda"):
+            import torch
+
+            result["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
         print(json.dumps(result))
         return
 
     import torch
 
+    DEVICE = os.environ["FMNIST_BENCH_DEVICE"] = (
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if not (ROOT / "data" / "split" / "train_images.npy").is_file():
         sys.exit("error: data/split is missing; run `dvc repro split` first")
     torch.set_num_threads(os.cpu_count() or 1)
-    peak = matmul_gflops()
-    peak_bf16 = matmul_gflops(dtype="bfloat16")
+    n = 8192 if DEVICE.startswith("cuda") else 2048  # a GPU needs a bigger product to reach its peak
+    peak = matmul_gflops(n)
+    peak_bf16 = matmul_gflops(n, dtype="bfloat16")
     flops = flops_per_image()
-    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"matmul 2048x2048 float32: {peak:.0f} GFLOP/s; bfloat16: {peak_bf16:.0f} GFLOP/s")
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.startswith("cuda") else f"{torch.get_num_threads()} threads"
+    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, device {DEVICE} ({where})")
+    print(f"matmul {n}x{n} float32: {peak:.0f} GFLOP/s; bfloat16: {peak_bf16:.0f} GFLOP/s")
     print(f"AlexNetSmall at 67 px, forward + backward: {flops / 1e9:.3f} GFLOP per image")
     print(f"training: {args.images} images x {args.epochs} epochs, validation on {args.valid} images per epoch\n")
     rows = {}
@@ -319,7 +344,8 @@ def main() -> None:
                    if r.get("precision") == "bf16" else "")
         print(f"{label}{' [' + r['precision'] + ']' if 'precision' in r else ''}\n"
               f"    {r['images_per_s']:7.0f} images/s   {frac * 100:5.1f}% of the fp32 matmul peak{of_bf16}   "
-              f"peak memory {r['peak_mb']:6.0f} MB   ({r['seconds']:.1f} s)")
+              f"peak memory {r['peak_mb']:6.0f} MB"
+              + (f" (GPU {r['gpu_peak_mb']:.0f} MB)" if "gpu_peak_mb" in r else "") + f"   ({r['seconds']:.1f} s)")
     ratio = rows["pipeline"]["images_per_s"] / rows["seed"]["images_per_s"]
     print(f"\npipeline / seed = {ratio:.2f}x (in fp32 alone: "
           f"{rows['pipeline_fp32']['images_per_s'] / rows['seed']['images_per_s']:.2f}x)")

@@ -75,8 +75,10 @@ def main() -> None:
     worst = wrong[np.argsort(-prob[wrong, pred[wrong]], kind="stable")][:eval_p.n_misclassified]
     plots.mistakes_grid(images[worst], labels[worst], pred[worst], prob[worst, pred[worst]],
                         out / "mistakes.png")
+    about = (f"{config['model_name']} at {config['input_size']} px, {config['head']} head, dropout "
+             f"{config['dropout']:g}; predicted in {precision} on {device}")
     write_report(args.report, metrics, history, [out / "curves.png", out / "confusion_matrix.png",
-                                                  out / "mistakes.png"])
+                                                  out / "mistakes.png"], about)
 
     flat = flatten(metrics)
     with tracker.run("evaluate", tags=tags) as run:

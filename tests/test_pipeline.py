@@ -44,6 +44,9 @@ def test_first_repro_runs_every_stage_and_writes_the_outputs(pipeline):
     report = (repo / "results/report.md").read_text()
     assert f"| test accuracy | {metrics['test_accuracy'] * 100:.2f}% |" in report
     assert "](../plots/evaluate/confusion_matrix.png)" in report and "| Ankle boot |" in report
+    train = json.loads((repo / "metrics/train.json").read_text())
+    assert train["precision"] in ("fp32", "bf16")  # what auto became on this machine
+    assert f"| model | AlexNetSmall at 67 px, linear head, dropout {train['dropout']:g}; predicted in " in report
 
 
 def test_dvc_metrics_show_reads_the_metrics(pipeline):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from fmnist.errors import ParamsError
 from fmnist.predict import predict_proba
 from fmnist.training import (BatchIterator, EpochCheckpoint, ImageSet, augment_batch, build_net,
                              cosine_factor, fit, resolve_precision, seed_everything)
@@ -126,7 +127,17 @@ def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch, amx,
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
     assert resolve_precision("auto", device) == expected
-    assert resolve_precision("fp32", device) == "fp32" and resolve_precision("bf16", device) == "bf16"
+    assert resolve_precision("fp32", device) == "fp32"
+    if device == "cuda" and not cuda_bf16:  # asked for explicitly where the GPU cannot: one line
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
+        with pytest.raises(ParamsError, match=r"^model.precision=bf16: Tesla T4 does not support bfloat16; "
+                                              r"allowed here: auto or fp32$"):
+            resolve_precision("bf16", device)
+    elif device == "cpu" and not (amx or avx512_bf16):  # runs, but says it will be slow
+        with pytest.warns(RuntimeWarning, match="emulated, slower than fp32"):
+            assert resolve_precision("bf16", device) == "bf16"
+    else:
+        assert resolve_precision("bf16", device) == "bf16"
 
 
 def test_bf16_trains_channels_last_with_fp32_weights_and_logits():

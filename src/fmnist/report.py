@@ -9,8 +9,10 @@ from typing import Sequence
 from fmnist.files import atomic_open
 
 
-def write_report(path: str | Path, metrics: dict, history: Sequence[dict], images: Sequence[Path]) -> None:
-    """``metrics`` as evaluate computes them, ``history`` as train writes it, ``images`` to show."""
+def write_report(path: str | Path, metrics: dict, history: Sequence[dict], images: Sequence[Path],
+                 model: str = "") -> None:
+    """``metrics`` as evaluate computes them, ``history`` as train writes it, ``images`` to show,
+    ``model`` a line on what was measured."""
     path = Path(path)
     best = max(history, key=lambda r: r["valid_acc"])
     lines = [
@@ -22,6 +24,7 @@ def write_report(path: str | Path, metrics: dict, history: Sequence[dict], image
         f"| test loss | {metrics['test_loss']:.4f} |",
         f"| test macro F1 | {metrics['test_macro_f1']:.4f} |",
         f"| best validation accuracy | {best['valid_acc'] * 100:.2f}% (epoch {best['epoch']} of {len(history)}) |",
+        *([f"| model | {model} |"] if model else []),
         "",
         "| class | precision | recall | F1 | images |",
         "| --- | --- | --- | --- | --- |",
