@@ -47,9 +47,9 @@ def main() -> None:
         tags |= {"fmnist.train_run_id": train_run, "fmnist.pipeline": train_run}
 
     device = pick_device()
-    precision = resolve_precision(config["precision"], device)
+    compute = resolve_precision(config["precision"], device)  # fp32 or bf16, as on this machine
     start = time.perf_counter()
-    prob = predict_proba(module, images, config["input_size"], eval_p.batch_size, device, precision)
+    prob = predict_proba(module, images, config["input_size"], eval_p.batch_size, device, compute)
     seconds = time.perf_counter() - start
     pred = prob.argmax(axis=1)
     precision, recall, f1, support = precision_recall_fscore_support(labels, pred, labels=range(10),
@@ -76,14 +76,14 @@ def main() -> None:
     plots.mistakes_grid(images[worst], labels[worst], pred[worst], prob[worst, pred[worst]],
                         out / "mistakes.png")
     about = (f"{config['model_name']} at {config['input_size']} px, {config['head']} head, dropout "
-             f"{config['dropout']:g}; predicted in {precision} on {device}")
+             f"{config['dropout']:g}; predicted in {compute} on {device}")
     write_report(args.report, metrics, history, [out / "curves.png", out / "confusion_matrix.png",
                                                   out / "mistakes.png"], about)
 
     flat = flatten(metrics)
     with tracker.run("evaluate", tags=tags) as run:
         run.log_params(flatten({"evaluate": to_dict(eval_p)}) | {"model": config["model_name"],
-                                                                  "precision": precision, "device": device})
+                                                                  "precision": compute, "device": device})
         run.log_metrics(flat | {"eval_images_per_second": len(images) / seconds})
         for path in (args.metrics, args.predictions, args.report, out):
             run.log_artifact(path)
