@@ -223,31 +223,36 @@ def variant_evaluate(n_test: int, precision: str = "") -> dict:
     return {"images_per_s": n_test / seconds, "seconds": seconds, "precision": precision}
 
 
-def variant_resize227(n: int) -> dict:
-    from fmnist.data import iter_resized, load_split
+def write_resized(path: Path, images, size: int = 227) -> None:
+    """``images`` resized to ``size`` into one ``.npy`` file, block by block, as the resize stage does."""
+    from fmnist.data import iter_resized
     from fmnist.files import array_writer
+
+    with array_writer(path, (len(images), size, size)) as write:
+        for block in iter_resized(images, size):
+            write(block)
+
+
+def variant_resize227(n: int) -> dict:
+    from fmnist.data import load_split
 
     images, _ = load_split(ROOT / "data" / "split", "train")
     base = peak_rss_mb()
-    with tempfile.TemporaryDirectory() as tmp:  # as the resize stage does it
+    with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        with array_writer(Path(tmp) / "x.npy", (n, 227, 227)) as write:
-            for block in iter_resized(images[:n], 227):
-                write(block)
+        write_resized(Path(tmp) / "x.npy", images[:n])
         seconds = time.perf_counter() - start
     return {"seconds": seconds, "base_mb": base}
 
 
 def variant_prep227(n: int, folder: str) -> dict:
     """What the resize stage leaves for train at 227 px: n training and 64 validation images."""
-    from fmnist.data import iter_resized, load_split
-    from fmnist.files import array_writer, save_array
+    from fmnist.data import load_split
+    from fmnist.files import save_array
 
     images, labels = load_split(ROOT / "data" / "split", "train")
     for name, part in (("train", slice(0, n)), ("valid", slice(n, n + 64))):
-        with array_writer(Path(folder) / f"{name}_images.npy", (len(labels[part]), 227, 227)) as write:
-            for block in iter_resized(images[part], 227):
-                write(block)
+        write_resized(Path(folder) / f"{name}_images.npy", images[part])
         save_array(Path(folder) / f"{name}_labels.npy", labels[part])
     return {}
 
