@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import json
 import logging
 import math
 import os
@@ -42,7 +41,8 @@ import numpy as np
 from skorch.callbacks import Callback
 
 from fmnist.errors import SearchError
-from fmnist.training import ImageSet, build_net, plain_history, resolve_precision, seed_everything
+from fmnist.training import (ImageSet, build_net, net_state, resolve_precision, restore_net_state,
+                             seed_everything)
 
 log = logging.getLogger(__name__)
 
@@ -199,19 +199,14 @@ def _pack(net) -> bytes:
     import torch
 
     buf = io.BytesIO()
-    torch.save({"module": net.module_.state_dict(), "optimizer": net.optimizer_.state_dict(),
-                "history": json.dumps(plain_history(net.history))}, buf)
+    torch.save(net_state(net), buf)
     return buf.getvalue()
 
 
 def _unpack(net, state: bytes) -> None:
     import torch
-    from skorch.history import History
 
-    saved = torch.load(io.BytesIO(state), map_location="cpu", weights_only=True)
-    net.module_.load_state_dict(saved["module"])
-    net.optimizer_.load_state_dict(saved["optimizer"])
-    net.history_ = History(json.loads(saved["history"]))
+    restore_net_state(net, torch.load(io.BytesIO(state), map_location="cpu", weights_only=True))
 
 
 def _images_trained(history, from_epoch: int) -> int:

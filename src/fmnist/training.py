@@ -229,12 +229,7 @@ class EpochCheckpoint(Callback):
         if net.history[-1, self.monitor]:
             save_torch(self.best_path, {"module": net.module_.state_dict(), "fingerprint": self.fingerprint,
                                    "epoch": len(net.history)})
-        save_torch(self.last_path, {
-            "module": net.module_.state_dict(),
-            "optimizer": net.optimizer_.state_dict(),
-            "history": json.dumps(plain_history(net.history)),
-            "fingerprint": self.fingerprint,
-        })
+        save_torch(self.last_path, {**net_state(net), "fingerprint": self.fingerprint})
 
     def load_last(self, net) -> bool:
         """Restore weights, optimizer and history from ``last.pt`` if it matches; return whether."""
@@ -243,11 +238,7 @@ class EpochCheckpoint(Callback):
             if state is not None:
                 log.info("ignoring %s: it was made by other params or data", self.last_path)
             return False
-        net.module_.load_state_dict(state["module"])
-        net.optimizer_.load_state_dict(state["optimizer"])
-        from skorch.history import History
-
-        net.history_ = History(json.loads(state["history"]))
+        restore_net_state(net, state)
         return True
 
     def load_best(self, net) -> None:
@@ -257,10 +248,22 @@ class EpochCheckpoint(Callback):
         net.module_.load_state_dict(state["module"])
 
 
-def plain_history(history) -> list:
-    """skorch's history as plain JSON-able rows, without the per-batch rows (large, not needed to
-    resume) and the timings (so that two runs write identical checkpoints)."""
-    return [{k: v for k, v in row.items() if k not in ("batches", "dur")} for row in history]
+def net_state(net) -> dict:
+    """What a fit goes on from: weights, optimizer state and history. The history drops the
+    per-batch rows (large, not needed to resume) and the timings (so that two runs write
+    identical checkpoints)."""
+    history = [{k: v for k, v in row.items() if k not in ("batches", "dur")} for row in net.history]
+    return {"module": net.module_.state_dict(), "optimizer": net.optimizer_.state_dict(),
+            "history": json.dumps(history)}
+
+
+def restore_net_state(net, state: dict) -> None:
+    """Put an initialized ``net`` back where :func:`net_state` found it."""
+    from skorch.history import History
+
+    net.module_.load_state_dict(state["module"])
+    net.optimizer_.load_state_dict(state["optimizer"])
+    net.history_ = History(json.loads(state["history"]))
 
 
 def _load(path: Path) -> dict | None:
