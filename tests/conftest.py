@@ -1,77 +1,109 @@
-"""Shared fixtures: the project copied into a temp git repo and run with the tiny profile."""
+"""Shared fixtures (the data, the tiny pipeline run once) and the rule that a skip is no pass in CI.
+
+Under ``CI=true`` (GitHub Actions sets it; so does whoever runs ``.ci/run`` as CI) a skipped test
+fails the run with its reason: a green CI means every test ran. Locally a skip stays a skip, and
+the summary says how to install what was missing. The helpers are in ``helpers.py``.
+"""
 
 from __future__ import annotations
 
+import gzip
 import os
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent  # the venv running the tests has dvc, mlflow and the package
-DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+import helpers
+from helpers import (BIN, DEBIAN, INSTALL_HINT, ROOT, env_for, make_repo, project_files,  # noqa: F401
+                     ran_stages, sh)
 
-
-def project_files() -> list[str]:
-    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout.split()
-    return [f for f in out if (ROOT / f).is_file()]
+CI = os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+SKIPS = pytest.StashKey[list]()
 
 
-def env_for(repo: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "test"
-    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "test@example.com"
-    return env
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[SKIPS] = []
 
 
-def sh(repo: Path, *cmd: str, check: bool = True, env: dict | None = None,
-       timeout: float = 900) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=env or env_for(repo),
-                            timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
-                             f"{result.stderr[-4000:]}")
-    return result
+def _reason(report) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
 
 
-def ran_stages(output: str) -> set[str]:
-    """Stages that ``dvc repro`` ran, from its output."""
-    return set(re.findall(r"Running stage '([\w-]+)'", output))
+def _skipped(config: pytest.Config, report) -> None:
+    reason = _reason(report)
+    config.stash[SKIPS].append((report.nodeid, reason))
+    if CI:
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, which fails the run: {reason}"
 
 
-def make_repo(dest: Path, profile: str = "tiny") -> Path:
-    """Copy the project's files into ``dest``, apply a profile, commit; no outputs, no store."""
-    for name in project_files():
-        if name.startswith(("data/", "models/", "metrics/", "plots/", "results/", "checkpoints/")) \
-                or name == "dvc.lock":
-            continue
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, target)
-    sh(dest, "git", "init", "-q", "-b", "main")
-    sh(dest, sys.executable, "-m", "fmnist.profiles", profile, "--write", "params.yaml")
-    sh(dest, "git", "add", "-A")
-    sh(dest, "git", "commit", "-qm", "tiny profile")
-    return dest
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _skipped(item.config, report)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped:  # a module that skips itself, e.g. pytest.importorskip
+        _skipped(collector.config, report)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    skips = config.stash[SKIPS]
+    if not skips:
+        return
+    reasons = sorted({reason for _, reason in skips})
+    if CI:
+        terminalreporter.section("skipped tests fail the run under CI=true", red=True)
+    else:
+        terminalreporter.section("skipped: what to install to run them")
+    for reason in reasons:
+        n = sum(r == reason for _, r in skips)
+        terminalreporter.line(f"{n} test(s): {reason}")
+    if not CI:
+        terminalreporter.line(f"System packages (Chromium, npm, the Debian data): {INSTALL_HINT}; "
+                              f"Python packages: make setup. Under CI=true these skips fail the run.")
 
 
 @pytest.fixture(scope="session")
-def data_source() -> Path:
-    if not (DEBIAN / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"{DEBIAN} missing: install the Debian package dataset-fashion-mnist")
-    return DEBIAN
+def data_source(tmp_path_factory) -> Path:
+    """A folder with the four Fashion-MNIST ``.gz`` files: the Debian package's, else one filled by
+    the download stage's own logic from the sources in ``params.yaml``."""
+    from fmnist.data import FILES, fetch
+    from fmnist.errors import DataError
+
+    if all((DEBIAN / f"{idx.name}.gz").is_file() for idx in FILES.values()):
+        folder = DEBIAN
+    else:
+        download = yaml.safe_load((ROOT / "params.yaml").read_text())["download"]
+        raw = tmp_path_factory.mktemp("fashion-mnist-raw")
+        try:
+            fetch(tuple(download["sources"]), raw, timeout_s=float(download["timeout_s"]))
+        except DataError as err:
+            pytest.skip(f"no Fashion-MNIST data ({err})")
+        folder = tmp_path_factory.mktemp("fashion-mnist")
+        for idx in FILES.values():  # the layout of the Debian folder: tests copy and corrupt .gz files
+            with gzip.open(folder / f"{idx.name}.gz", "wb", compresslevel=1) as f:
+                f.write((raw / idx.name).read_bytes())
+    helpers.data_folder = folder
+    return folder
 
 
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory, data_source) -> dict:
-    """The whole pipeline, run once by ``dvc repro`` on the tiny profile in a temp git repo."""
+    """The whole pipeline, run once by ``dvc repro`` on the tiny profile in a temp git repo.
+
+    Shared by several modules: read it, or change a copy (``helpers.copy_repo``), never the repo.
+    """
     repo = make_repo(tmp_path_factory.mktemp("pipeline"))
     result = sh(repo, "dvc", "repro")
     return {"repo": repo, "output": result.stdout + result.stderr}

@@ -1,0 +1,60 @@
+"""The CI rule of conftest.py: under CI=true a skipped test fails the run with its reason; locally
+it stays a skip and the summary says how to install what was missing."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT, env_for
+
+PROBE = '''
+import pytest
+
+@pytest.fixture
+def browser():
+    pytest.skip("chromium missing: probe reason")
+
+def test_runs():
+    pass
+
+def test_needs_a_browser(browser):
+    pass
+
+@pytest.mark.skipif(True, reason="npm missing: probe reason")
+def test_marked():
+    pass
+
+def test_skips_itself():
+    pytest.skip("no data: probe reason")
+
+@pytest.mark.xfail(reason="a known bug", strict=True)
+def test_known_bug():
+    assert False
+'''
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_skips_fail_the_run_only_under_ci(tmp_path, ci):
+    shutil.copy(ROOT / "tests" / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "test_probe.py").write_text(PROBE)
+    env = env_for(tmp_path) | {"CI": ci, "PYTHONPATH": str(ROOT / "tests")}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    out = result.stdout
+    if ci:
+        assert result.returncode == 1, out
+        assert "1 failed, 1 passed, 1 xfailed, 2 errors" in out, out
+        assert "skipped under CI=true, which fails the run: chromium missing: probe reason" in out
+        assert "skipped under CI=true, which fails the run: npm missing: probe reason" in out
+        assert "skipped under CI=true, which fails the run: no data: probe reason" in out
+        assert "skipped tests fail the run under CI=true" in out
+    else:
+        assert result.returncode == 0, out
+        assert "1 passed, 3 skipped, 1 xfailed" in out, out
+        assert "skipped: what to install to run them" in out
+        assert "1 test(s): chromium missing: probe reason" in out
+        assert "bash scripts/install-system-deps.sh" in out
