@@ -20,6 +20,7 @@ from helpers import (BIN, DEBIAN, INSTALL_HINT, ROOT, env_for, make_repo, projec
 
 CI = os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 SKIPS = pytest.StashKey[list]()
+pytest_plugins = ["helpers_workflow"]  # the DVC workflow modules' shared repo
 
 
 def pytest_configure(config: pytest.Config) -> None:

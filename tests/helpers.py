@@ -22,7 +22,7 @@ INSTALL_HINT = "bash scripts/install-system-deps.sh installs it"
 
 sys.path.insert(0, str(ROOT / "scripts"))
 # The README's screenshot script starts MLflow servers and drives Chromium; tests use the same code.
-import screenshot_mlflow as ui  # noqa: E402  (scripts/ is not a package)
+import screenshot_mlflow as ui  # noqa: E402,F401  (scripts/ is not a package)
 from screenshot_mlflow import free_port, stop, wait_http  # noqa: E402,F401  (one copy, there)
 
 # The folder the session's data fixture found or filled; make_repo lists it first in

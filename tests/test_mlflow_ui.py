@@ -4,18 +4,14 @@ Chromium over the DevTools protocol, and the README's screenshot script."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-import screenshot_mlflow as ui  # noqa: E402  (scripts/ is not a package)
+from helpers import ROOT, chromium, ui
 
 pytestmark = pytest.mark.slow  # a server start and a browser: about a minute on 2 cores
 
@@ -24,8 +20,7 @@ EXPERIMENT = "fashion-mnist-alexnet"
 
 @pytest.fixture(scope="module")
 def server(pipeline, tmp_path_factory) -> Iterator[str]:
-    if not shutil.which("chromium"):
-        pytest.skip("chromium missing: bash scripts/install-system-deps.sh installs it")
+    chromium()  # or a skip that says how to install it
     repo = pipeline["repo"]
     log = tmp_path_factory.mktemp("mlflow-ui") / "server.log"
     with ui.mlflow_server(repo / "mlflow.db", repo / "mlartifacts", log) as url:  # stopped on exit

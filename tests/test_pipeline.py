@@ -7,9 +7,12 @@ import json
 import re
 import sqlite3
 
+import pytest
 import yaml
 
-from conftest import ran_stages, sh
+from helpers import copy_repo, edit_params, ran_stages, sh
+
+pytestmark = pytest.mark.slow  # dvc repro of the tiny profile
 
 STAGES = {"download", "split", "resize", "search", "train", "evaluate"}
 
@@ -84,15 +87,8 @@ def test_second_repro_runs_nothing(pipeline):
     assert "Data and pipelines are up to date" in out.stdout
 
 
-def edit_params(repo, section, key, value):
-    path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    params[section][key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def test_only_affected_stages_rerun(pipeline):
-    repo = pipeline["repo"]
+def test_only_affected_stages_rerun(pipeline, tmp_path):
+    repo = copy_repo(pipeline["repo"], tmp_path / "copy")  # the shared run stays as it was
     edit_params(repo, "evaluate", "n_misclassified", 4)
     assert ran_stages(sh(repo, "dvc", "repro").stdout) == {"evaluate"}
 
@@ -103,3 +99,34 @@ def test_only_affected_stages_rerun(pipeline):
     model.write_text(model.read_text() + "\n# an edit to the model code\n")
     assert ran_stages(sh(repo, "dvc", "repro").stdout) == {"search", "train", "evaluate"}
     assert ran_stages(sh(repo, "dvc", "repro").stdout) == set()
+
+
+def stages_reading(repo, path: str) -> set[str]:
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    return {name for name, stage in stages.items() if path in stage.get("deps", [])}
+
+
+def test_upstream_changes_rerun_exactly_the_stages_that_read_them(pipeline, tmp_path):
+    repo = copy_repo(pipeline["repo"], tmp_path / "copy")
+    # resize.chunk changes how resize works, not what it writes: resize reruns, nothing after it
+    edit_params(repo, "resize", "chunk", 100)
+    assert ran_stages(sh(repo, "dvc", "repro").stdout) == {"resize"}
+
+    # a file that no stage reads: nothing reruns
+    (repo / "README.md").write_text((repo / "README.md").read_text() + "\nAn edit.\n")
+    (repo / "profiles" / "tiny.yaml").write_text((repo / "profiles" / "tiny.yaml").read_text() + "# an edit\n")
+    out = sh(repo, "dvc", "repro").stdout
+    assert ran_stages(out) == set() and "Data and pipelines are up to date" in out
+
+    # the data code: every stage that lists it reruns; their outputs are the same, so no other does
+    readers = stages_reading(repo, "src/fmnist/data.py")
+    assert {"download", "split", "resize"} <= readers
+    data_py = repo / "src/fmnist/data.py"
+    data_py.write_text(data_py.read_text() + "\n# an edit to the data code\n")
+    assert ran_stages(sh(repo, "dvc", "repro").stdout) == readers
+
+    # another split: everything downstream of it, not the download
+    before = (repo / "data/split/train_labels.npy").read_bytes()
+    edit_params(repo, "split", "seed", 7)
+    assert ran_stages(sh(repo, "dvc", "repro").stdout) == STAGES - {"download"}
+    assert (repo / "data/split/train_labels.npy").read_bytes() != before

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, env_for
+from helpers import BIN, ROOT, env_for, free_port, wait_for_port
 from fmnist.errors import ParamsError
 from fmnist.params import parse_params
 from fmnist.search import (TABLE_KEYS, SearchData, TrackingTarget, TrialSetup, best_trial,
@@ -213,23 +211,6 @@ def test_k_fold_scores_on_the_trials_own_images(tmp_path, monkeypatch):
         parse_params(raw)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the Dask scheduler exited"
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
-
-
 @pytest.fixture
 def dask_cluster(tmp_path):
     """A Dask scheduler and two one-thread workers on 127.0.0.1; yields (address, worker pids)."""
@@ -268,6 +249,7 @@ def dask_cluster(tmp_path):
                 proc.wait(timeout=10)
 
 
+@pytest.mark.slow  # a Dask scheduler and two workers
 def test_trials_run_on_a_dask_cluster_each_its_own_nested_run(reference, data, dask_cluster, tmp_path,
                                                               monkeypatch):
     address, worker_pids = dask_cluster

@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,8 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import BIN, env_for
+from helpers import BIN, env_for, free_port, stop, wait_http
 from fmnist.data import CLASS_NAMES
+
+pytestmark = pytest.mark.slow  # the tiny pipeline, a model server
 
 MODEL = "fashion-mnist-alexnet"
 N = 100  # test images checked
@@ -136,12 +134,6 @@ def test_a_model_that_cannot_be_loaded_is_a_one_line_error(test_set, newest_vers
                                              f"pipeline (dvc repro), pass --model or --model-uri"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served_model(pipeline, newest_version, tmp_path_factory):
     """``mlflow models serve`` of the newest registered version on a free port of 127.0.0.1."""
@@ -155,27 +147,12 @@ def served_model(pipeline, newest_version, tmp_path_factory):
     with open(log, "wb") as out:  # its own session: stopping it stops the uvicorn it starts
         proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, f"mlflow models serve exited:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"no answer on {url}/ping in 180 s:\n{log.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(url + "/ping", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.5)
+        wait_http(url + "/ping", proc, timeout_s=180, log=log)
         yield url
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=20)
+        stop(proc)
 
 
 def post(url: str, body: dict) -> tuple[int, dict]:

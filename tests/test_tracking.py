@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import env_for
+from helpers import env_for, free_port
 from fmnist.errors import TrackingError
 from fmnist.tracking import check_reachable, project_root, tracking_uri
 
@@ -34,18 +33,13 @@ def test_tracking_uri_defaults_to_sqlite_at_the_root(tmp_path, monkeypatch):
     assert tracking_uri(tmp_path) == "http://mlflow.example:5000"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_server_is_one_line_naming_the_uri():
     uri = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(TrackingError, match=f"MLflow tracking server {uri} is unreachable"):
         check_reachable(uri, timeout_s=2)
 
 
+@pytest.mark.slow  # the tiny pipeline, run by dvc repro
 def test_train_stage_stops_before_training_when_the_server_is_down(pipeline):
     repo = pipeline["repo"]
     model = repo / "models" / "model.pt"
@@ -60,6 +54,7 @@ def test_train_stage_stops_before_training_when_the_server_is_down(pipeline):
     assert model.stat().st_mtime_ns == before  # nothing written or half written
 
 
+@pytest.mark.slow
 def test_registered_model_predicts_raw_28px_images_like_evaluate(pipeline):
     import mlflow
     import pandas as pd
