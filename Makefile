@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: pipeline test setup data-source plots-offline
+.PHONY: pipeline test setup data-source plots-offline team-up team-down
 
 pipeline: setup data-source
 	dvc repro
@@ -30,3 +30,10 @@ plots-offline: setup
 # Offline machines: the download stage reads the Debian package's folder when it is there.
 data-source:
 	@bash scripts/ensure-data-source.sh
+
+# The team stack on 127.0.0.1: PostgreSQL, SeaweedFS S3, MLflow with accounts (README "Working as a team")
+team-up: setup
+	python scripts/team.py up
+
+team-down:
+	$(BIN)/python scripts/team.py down

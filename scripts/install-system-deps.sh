@@ -6,6 +6,8 @@ bash "$(dirname "$0")/ensure-data-source.sh"
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-dejavu-core)
 command -v npm >/dev/null 2>&1 || need+=(npm)  # vega for offline `dvc plots show`
+# PostgreSQL for the team stack (scripts/team.py) and tests/test_team_stack.py
+command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null 2>&1; then
     echo "note: apt-get not available; browser tests will be skipped" >&2
