@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fmnist import stage
 from fmnist.data import SPLITS, iter_resized, load_split
-from fmnist.files import array_writer, save_array
+from fmnist.files import array_writer, atomic_dir, save_array
 from fmnist.params import load_params
 
 
@@ -21,14 +21,15 @@ def main() -> None:
     args = stage.parser(__doc__, src="data/split", out="data/resized").parse_args()
     params = load_params(args.params).resize
     out = Path(args.out)
-    for name in SPLITS:
-        start = time.perf_counter()
-        images, labels = load_split(args.src, name, size=28)
-        with array_writer(out / f"{name}_images.npy", (len(images), params.size, params.size)) as write:
-            for block in iter_resized(images, params.size, params.chunk):
-                write(block)
-        save_array(out / f"{name}_labels.npy", labels)
-        print(f"{name}: {len(labels)} images to {params.size} px in {time.perf_counter() - start:.1f} s")
+    with atomic_dir(out) as tmp:  # a failure leaves the previous arrays as they were
+        for name in SPLITS:
+            start = time.perf_counter()
+            images, labels = load_split(args.src, name, size=28)
+            with array_writer(tmp / f"{name}_images.npy", (len(images), params.size, params.size)) as write:
+                for block in iter_resized(images, params.size, params.chunk):
+                    write(block)
+            save_array(tmp / f"{name}_labels.npy", labels)
+            print(f"{name}: {len(labels)} images to {params.size} px in {time.perf_counter() - start:.1f} s")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import numpy as np
 
 from fmnist import stage
 from fmnist.data import load_raw, stratified_split, stratified_subset
-from fmnist.files import save_array
+from fmnist.files import atomic_dir, save_array
 from fmnist.params import load_params
 
 
@@ -29,10 +29,11 @@ def main() -> None:
         "valid": (raw["train_images"][valid_idx], raw["train_labels"][valid_idx]),
         "test": (raw["test_images"], raw["test_labels"]),
     }
-    for name, (images, labels) in parts.items():
-        save_array(out / f"{name}_images.npy", images)
-        save_array(out / f"{name}_labels.npy", labels.astype(np.int64))
-        print(f"{name}: {len(labels)} images, per class {np.bincount(labels, minlength=10).tolist()}")
+    with atomic_dir(out) as tmp:  # a failure leaves the previous split as it was
+        for name, (images, labels) in parts.items():
+            save_array(tmp / f"{name}_images.npy", images)
+            save_array(tmp / f"{name}_labels.npy", labels.astype(np.int64))
+            print(f"{name}: {len(labels)} images, per class {np.bincount(labels, minlength=10).tolist()}")
 
 
 if __name__ == "__main__":

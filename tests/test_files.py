@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fmnist.files import array_writer, atomic_open, save_array, save_torch, write_json
+from fmnist.files import array_writer, atomic_dir, atomic_open, save_array, save_torch, write_json
 
 
 def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temp(tmp_path):
@@ -69,3 +69,21 @@ def test_params_yaml_is_loaded_safely(tmp_path):
     path.write_text("train: !!python/object/apply:os.system ['echo this ran']\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(path)
+
+
+def test_atomic_dir_replaces_the_folder_whole_or_not_at_all(tmp_path):
+    out = tmp_path / "out"
+    with atomic_dir(out) as tmp:
+        (tmp / "a.npy").write_text("first")
+    assert sorted(p.name for p in out.iterdir()) == ["a.npy"]
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as tmp:
+            (tmp / "a.npy").write_text("second")
+            (tmp / "b.npy").write_text("second")
+            raise RuntimeError("fails on the third file")
+    assert sorted(p.name for p in out.iterdir()) == ["a.npy"] and (out / "a.npy").read_text() == "first"
+    with atomic_dir(out) as tmp:  # a run that succeeds drops what the previous one wrote
+        (tmp / "c.npy").write_text("third")
+    assert sorted(p.name for p in out.iterdir()) == ["c.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp folders left beside it
+    assert oct(out.stat().st_mode & 0o777) == "0o755"

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from fmnist.errors import DataError
-from fmnist.files import atomic_path
+from fmnist.files import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -98,27 +98,32 @@ def fetch(sources: tuple[str, ...], dest: str | Path, timeout_s: float = 30.0) -
     """Put the four verified, decompressed IDX files into ``dest``; return {file: source used}.
 
     Every source is tried in order for every file; if a file comes from none of them, one
-    :class:`DataError` lists each source with the reason it failed.
+    :class:`DataError` lists each source with the reason it failed. The files are gathered in a
+    temp folder beside ``dest`` that replaces it only once all four are there: a failure leaves
+    ``dest`` as it was.
     """
-    dest = Path(dest)
+    if not sources:
+        raise DataError(f"no source to get the data from; {OFFLINE_HINT}")
     used: dict[str, str] = {}
-    for idx in FILES.values():
-        failures = []
-        for source in sources:
-            try:
-                content = _read_source(source, idx, timeout_s)
-                verify(content, idx, f"{source} {idx.name}")
-            except (DataError, OSError) as err:  # each names the file or URL it tried
-                failures.append(str(err))
-                continue
-            with atomic_path(dest / idx.name) as tmp:
-                tmp.write_bytes(content)
-            used[idx.name] = source
-            log.info("%s <- %s", idx.name, source)
-            break
-        else:
-            raise DataError(f"could not get {idx.name} from any source: " + "; ".join(failures)
-                            + f"; {OFFLINE_HINT}")
+    with atomic_dir(dest) as tmp:
+        for idx in FILES.values():
+            failures = []
+            for source in sources:
+                try:
+                    content = _read_source(source, idx, timeout_s)
+                    verify(content, idx, f"{source} {idx.name}")
+                except (DataError, OSError) as err:  # each names the file or URL it tried
+                    failures.append(str(err))
+                    continue
+                (tmp / idx.name).write_bytes(content)
+                used[idx.name] = source
+                log.info("%s <- %s", idx.name, source)
+                break
+            else:
+                raise DataError(f"could not get {idx.name} from any source: " + "; ".join(failures)
+                                + f"; {OFFLINE_HINT}")
+        for path in tmp.iterdir():
+            path.chmod(0o644)
     return used
 
 
@@ -140,6 +145,8 @@ def read_idx(path: str | Path, idx: IdxFile) -> np.ndarray:
 
 
 def check_labels(labels: np.ndarray, where: str) -> None:
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{where}: label type check failed ({labels.dtype}, expected integers)")
     if labels.size and (labels.min() < 0 or labels.max() >= len(CLASS_NAMES)):
         raise DataError(f"{where}: label range check failed (found {labels.min()}..{labels.max()}, "
                         f"expected 0..{len(CLASS_NAMES) - 1})")
@@ -199,23 +206,31 @@ SPLITS = ("train", "valid", "test")
 def load_split(folder: str | Path, name: str, size: int | None = None,
                mmap: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Images ``(N, S, S)`` uint8 and labels ``(N,)`` of one split, checked before use."""
-    from fmnist.files import load_array
-
     folder = Path(folder)
     paths = folder / f"{name}_images.npy", folder / f"{name}_labels.npy"
     for path in paths:
         if not path.is_file():
             raise DataError(f"{path}: file not found; run the stages before this one (dvc repro)")
-    try:
-        images, labels = load_array(paths[0], mmap=mmap), load_array(paths[1])
-    except ValueError as err:
-        raise DataError(f"{paths[0].parent}: cannot read {name} arrays ({err})") from None
+    images, labels = _read_npy(paths[0], mmap), _read_npy(paths[1], False)
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1] != images.shape[2]:
         raise DataError(f"{paths[0]}: shape check failed ({images.dtype} {images.shape}, "
                         f"expected uint8 (N, S, S))")
     if size is not None and images.shape[1] != size:
         raise DataError(f"{paths[0]}: size check failed ({images.shape[1]} px, expected {size})")
+    if len(images) == 0:
+        raise DataError(f"{paths[0]}: no images; run the stages before this one again (dvc repro -f)")
     if labels.ndim != 1 or len(labels) != len(images):
         raise DataError(f"{paths[1]}: {labels.shape} labels for {len(images)} images")
     check_labels(labels, str(paths[1]))
     return images, labels
+
+
+def _read_npy(path: Path, mmap: bool) -> np.ndarray:
+    """A ``.npy`` file, or a :class:`DataError` naming it: empty, truncated, pickled objects."""
+    from fmnist.files import load_array
+
+    try:
+        return load_array(path, mmap=mmap)
+    except (ValueError, EOFError, OSError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{path}: not a readable .npy array ({reason})") from None

@@ -1,7 +1,8 @@
-"""Atomic output files: written to a temp file in the same folder, then renamed into place.
+"""Atomic outputs: a file is written to a temp file in the same folder, a folder to a temp
+folder beside it, then renamed into place.
 
-A stage killed at any moment leaves either the previous file or none, never a truncated one that
-a later stage could read.
+A stage killed or failing at any moment leaves either the previous output or none, never a
+truncated file or a half-filled folder that a later stage could read.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
@@ -32,6 +34,29 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temp folder beside ``path``; on success it takes the place of ``path``.
+
+    When the block raises, the temp folder is removed and ``path`` is left as it was. The swap is
+    two renames (the old folder aside, the new one in), so only a crash between those two leaves
+    no ``path``, never a mix of old and new files.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = tmp.with_suffix(".old")
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -100,13 +125,3 @@ def save_torch(path: str | Path, obj: Any) -> None:
 
 def load_array(path: str | Path, mmap: bool = False) -> np.ndarray:
     return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-
-
-def clean_dir(path: str | Path, keep: tuple[str, ...] = ()) -> Path:
-    """Create ``path`` and remove files in it that a previous run left, except ``keep``."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    for child in path.iterdir():
-        if child.name not in keep and child.is_file():
-            child.unlink()
-    return path
