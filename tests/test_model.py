@@ -1,4 +1,4 @@
-"""AlexNet and AlexNetSmall: shapes, head width from the input size, init, the seed's head."""
+"""AlexNet and AlexNetSmall: shapes, head width from the input size, init, the notebook's head."""
 
 from __future__ import annotations
 
@@ -44,14 +44,14 @@ def test_init_he_for_convs_xavier_for_linears_zero_bias():
     assert lin.weight.std().item() == pytest.approx((2 / (lin.in_features + lin.out_features)) ** 0.5, rel=0.15)
 
 
-def test_linear_head_gives_signed_logits_seed_head_does_not():
+def test_linear_head_gives_signed_logits_notebook_head_does_not():
     torch.manual_seed(0)
     x = torch.rand(64, 1, 67, 67)
     with torch.no_grad():
         linear = AlexNetSmall(head="linear").eval()(x)
-        seed = AlexNetSmall(head="seed").eval()(x)
+        notebook = AlexNetSmall(head="notebook").eval()(x)
     assert (linear < 0).any()
-    assert (seed >= 0).all()  # ReLU on the logits: what the seed notebook got wrong
+    assert (notebook >= 0).all()  # ReLU on the logits: what the notebook got wrong
 
 
 def test_lrn_is_optional():

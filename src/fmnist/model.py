@@ -2,7 +2,7 @@
 
 ``AlexNet`` (227 px input, 4096-wide head) and ``AlexNetSmall`` (67 px, 128-wide head) share the
 five-convolution trunk; the width of the first linear layer follows from the input size. The seed
-put ReLU and dropout on the 10 output logits too (``head="seed"``): logits can then never be
+put ReLU and dropout on the 10 output logits too (``head="notebook"``): logits can then never be
 negative and dropout zeroes whole class scores, which cripples training. The default
 ``head="linear"`` ends in a plain linear layer.
 """
@@ -76,8 +76,8 @@ class AlexNetBase(nn.Module):
         Width of the two hidden linear layers.
     dropout : float
         Dropout after each hidden linear layer.
-    head : "linear" or "seed"
-        "linear" ends in a plain ``nn.Linear``; "seed" reproduces the notebook's ReLU + dropout
+    head : "linear" or "notebook"
+        "linear" ends in a plain ``nn.Linear``; "notebook" reproduces the notebook's ReLU + dropout
         on the logits.
     lrn : bool
         Local response normalisation after conv1 and conv2, as in the paper.
@@ -102,14 +102,14 @@ class AlexNetBase(nn.Module):
         self.flatten = nn.Flatten()
         self.l1 = LinearReLU(256 * side * side, hidden, dropout=dropout)
         self.l2 = LinearReLU(hidden, hidden, dropout=dropout)
-        if head == "seed":
+        if head == "notebook":
             self.l3 = LinearReLU(hidden, N_CLASSES, dropout=dropout)
         elif head == "linear":
             self.l3 = nn.Linear(hidden, N_CLASSES)
             nn.init.xavier_normal_(self.l3.weight)
             nn.init.zeros_(self.l3.bias)
         else:
-            raise ValueError(f"head={head!r}; allowed: 'linear', 'seed'")
+            raise ValueError(f"head={head!r}; allowed: 'linear', 'notebook'")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 1, S, S), S=67 for the small net
         x = self.p1(self.n1(self.c1(x)))  # (B, 96, 7, 7)

@@ -58,9 +58,9 @@ class ResizeParams:
 @dataclass(frozen=True)
 class ModelParams:
     name: Literal["AlexNetSmall", "AlexNet"]
-    # "linear": a plain linear output layer (right). "seed": ReLU + dropout on the logits, as the
-    # seed notebook did; kept only to measure how much it costs.
-    head: Literal["linear", "seed"]
+    # "linear": a plain linear output layer (right). "notebook": ReLU + dropout on the logits, as
+    # the notebook did; kept only to measure how much it costs.
+    head: Literal["linear", "notebook"]
     lrn: bool  # the paper's local response normalisation after conv1 and conv2
     # Compute precision of search, train and every prediction: "bf16" (mixed precision, fp32
     # weights), "fp32", or "auto": bf16 where the CPU (AMX, AVX512-BF16) or GPU does it natively.

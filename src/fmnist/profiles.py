@@ -1,6 +1,6 @@
 """Named param profiles (``profiles/<name>.yaml``): partial overrides of ``params.yaml``.
 
-    python -m fmnist.profiles seed                   # prints -S overrides for `dvc exp run`
+    python -m fmnist.profiles notebook               # prints -S overrides for `dvc exp run`
     python -m fmnist.profiles tiny --write params.yaml   # merges the profile into a params file
 """
 
