@@ -147,7 +147,8 @@ def bad_line(raw: dict, edit) -> str:
     (lambda p: p["tracking"].update(experiment=None), "tracking.experiment=null is not allowed"),
     # the cross-field rule and the renamed head
     (lambda p: p["search"].update(cv=1), "search.cv=1 is not allowed; allowed: 0 (the validation split) or 2 to 20"),
-    (lambda p: p["model"].update(head="seed"), "model.head='seed' is not allowed; allowed: one of 'linear', 'notebook'"),
+    (lambda p: p["model"].update(head="seed"),
+     "model.head='seed' is not allowed; allowed: one of 'linear', 'notebook'"),
     # keys YAML reads as numbers are unknown keys, not list indices
     (lambda p: p["train"].update({1: 2}), "params.yaml: unknown key 'train.1'; allowed: use_search, lr"),
 ])

@@ -188,7 +188,8 @@ class SearchParams(Section):
     @classmethod
     def _cv_is_not_one(cls, cv: int) -> int:
         if cv == 1:
-            raise PydanticCustomError("params_allowed", "cv=1", {"allowed": "0 (the validation split) or 2 to 20 folds"})
+            raise PydanticCustomError("params_allowed", "cv=1",
+                                      {"allowed": "0 (the validation split) or 2 to 20 folds"})
         return cv
 
 
