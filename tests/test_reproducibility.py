@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from conftest import env_for, make_repo, ran_stages, sh
+from helpers import env_for, lock_outs, make_repo, ran_stages, sh
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow  # dvc repro of the whole pipeline, several times
 
 PROFILE_EDITS = {"split": {"train_size": 2000}, "train": {"max_epochs": 3}}
-
-
-def lock_outs(repo: Path) -> dict[str, str]:
-    """{output path: md5} for every output in dvc.lock."""
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
 
 
 def make_repro_repo(dest: Path) -> Path:
@@ -67,27 +64,57 @@ def train_pid(repo: Path) -> int | None:
     return None
 
 
-def test_sigkill_mid_epoch_resumes_to_the_same_model(reference, tmp_path):
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def checkpointed_epochs(last: Path) -> int:
+    return len(json.loads(torch.load(last, weights_only=True)["history"]))
+
+
+def test_sigkill_mid_epoch_resumes_after_the_last_finished_epoch(reference, tmp_path):
     repo = make_repro_repo(tmp_path / "killed")
-    proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env_for(repo), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "killed.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env_for(repo), stdout=out, stderr=subprocess.STDOUT)
     last = repo / "checkpoints" / "train" / "last.pt"
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + 900
+    pid = None
     while not last.exists():  # epoch 1 is done once its checkpoint is written
-        assert proc.poll() is None, proc.stdout.read()
+        assert proc.poll() is None, log.read_text()
         assert time.monotonic() < deadline, "train never wrote a checkpoint"
-        time.sleep(0.1)
-    time.sleep(0.5)  # well inside epoch 2
-    pid = train_pid(repo)
+        pid = pid or train_pid(repo)
+        time.sleep(0.05)
+    pid = pid or train_pid(repo)
     assert pid is not None
+    # Epoch 2 is under way once the process has worked a quarter of what it took up to the end of
+    # epoch 1 (start-up included, so less than a quarter of epoch 2): measured in CPU time, which
+    # the machine's load does not stretch as it stretches a sleep.
+    at_checkpoint = cpu_seconds(pid)
+    while cpu_seconds(pid) < 1.25 * at_checkpoint:
+        assert checkpointed_epochs(last) == 1, "epoch 2 ended before the kill: the test needs a longer epoch"
+        time.sleep(0.05)
+    worked = cpu_seconds(pid) - at_checkpoint
     os.kill(pid, signal.SIGKILL)
-    output = proc.communicate(timeout=120)[0]
-    assert proc.returncode != 0, output
+    assert proc.wait(timeout=300) != 0, log.read_text()
+    assert checkpointed_epochs(last) == 1  # killed inside epoch 2: its checkpoint never came
+    assert worked > 0.5, worked
     assert not (repo / "models" / "model.pt").exists()
 
     out = sh(repo, "dvc", "repro")
+    output = out.stdout + out.stderr
     assert ran_stages(out.stdout) == {"train", "evaluate"}
-    assert "resuming from" in out.stdout + out.stderr
+    assert "resuming from checkpoints/train/last.pt after epoch 1" in output
+    assert "of 3 (2 trained now," in output  # epochs 2 and 3, not 1 to 3 again
+    con = sqlite3.connect(repo / "mlflow.db")
+    [(run,)] = con.execute("""select r.run_uuid from runs r join tags t on t.run_uuid = r.run_uuid
+                              where t.key = 'fmnist.stage' and t.value = 'train' and r.status = 'FINISHED'""").fetchall()
+    # Only epochs trained by this process have a duration; the resumed history's epoch 1 has none.
+    trained = [step for (step,) in con.execute("select step from metrics where run_uuid = ? and key = 'epoch_seconds' "
+                                               "order by step", (run,))]
+    assert trained == [2, 3]
     resumed = lock_outs(repo)
     for path in ("models/model.pt", "results/train/history.json", "metrics/train.json", "metrics/evaluate.json",
                  "results/evaluate/predictions.csv"):
