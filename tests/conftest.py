@@ -42,6 +42,17 @@ def _skipped(config: pytest.Config, report) -> None:
         report.longrepr = f"skipped under CI=true, which fails the run: {reason}"
 
 
+# Fixtures that run `dvc repro` (or build on a repo that did): a test using one is slow, and says so.
+SLOW_FIXTURES = {"pipeline", "project", "one_epoch", "queued", "offline_page"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [item.nodeid for item in items
+                if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("slow")]
+    if unmarked:
+        raise pytest.UsageError("tests that run dvc repro must be marked slow: " + ", ".join(unmarked))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

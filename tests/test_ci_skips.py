@@ -58,3 +58,13 @@ def test_skips_fail_the_run_only_under_ci(tmp_path, ci):
         assert "skipped: what to install to run them" in out
         assert "1 test(s): chromium missing: probe reason" in out
         assert "bash scripts/install-system-deps.sh" in out
+
+
+def test_a_test_on_the_pipeline_must_be_marked_slow(tmp_path):
+    shutil.copy(ROOT / "tests" / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "test_probe.py").write_text("def test_uses_the_pipeline(pipeline):\n    pass\n")
+    env = env_for(tmp_path) | {"PYTHONPATH": str(ROOT / "tests")}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+                             str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "tests that run dvc repro must be marked slow: test_probe.py::test_uses_the_pipeline" in result.stderr
