@@ -20,10 +20,13 @@ sys.path.insert(0, str(ROOT / "src"))
 def main() -> None:
     import numpy as np
 
+    from fmnist.batches import ImageSet
+    from fmnist.compute import Compute, seed_everything, set_threads
     from fmnist.data import load_split
+    from fmnist.model import ModelSpec
     from fmnist.params import load_params
     from fmnist.predict import predict_proba
-    from fmnist.training import ImageSet, build_net, seed_everything, set_threads
+    from fmnist.training import build_net
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=55_000)
@@ -39,18 +42,19 @@ def main() -> None:
     test_images, test_labels = load_split(data, "test")
     t = params.train
     print(f"AlexNetSmall, {len(train)} training images, {args.epochs} epochs, lr={t.lr} batch_size={t.batch_size} "
-          f"dropout={t.dropout}, cosine schedule, seed {t.seed}")
-    for head in ("seed", "linear"):
+          f"dropout={t.dropout}, cosine schedule, seed {t.seed}, {Compute.resolve(params.model.precision, 'cpu').precision}")
+    compute = Compute.resolve(params.model.precision, "cpu")
+    for head in ("notebook", "linear"):
         seed_everything(t.seed)
         set_threads(t.threads)
-        net = build_net(model_name="AlexNetSmall", input_size=train.size, head=head, lrn=False, lr=t.lr,
-                        batch_size=t.batch_size, dropout=t.dropout, max_epochs=args.epochs,
-                        patience=args.epochs + 1, seed=t.seed, valid=valid)
+        spec = ModelSpec("AlexNetSmall", train.size, t.dropout, head, lrn=False, precision=params.model.precision)
+        net = build_net(spec, t.hyper_params(), compute, max_epochs=args.epochs, patience=args.epochs + 1,
+                        seed=t.seed, valid=valid)
         start = time.perf_counter()
         net.fit(train, y=None)
-        pred = predict_proba(net.module_.eval(), test_images, train.size).argmax(axis=1)
+        pred = predict_proba(net.module_.eval(), test_images, train.size, compute).argmax(axis=1)
         valid_accs = " ".join(f"{a * 100:.1f}" for a in net.history[:, "valid_acc"])
-        print(f"head={head:6s}  valid accuracy per epoch (%): {valid_accs}   "
+        print(f"head={head:8s}  valid accuracy per epoch (%): {valid_accs}   "
               f"test accuracy: {np.mean(pred == test_labels) * 100:.2f}%   ({time.perf_counter() - start:.0f} s)")
 
 

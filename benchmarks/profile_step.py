@@ -29,8 +29,11 @@ def main() -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    from fmnist.batches import ImageSet
+    from fmnist.compute import Compute, seed_everything, set_threads
+    from fmnist.model import ModelSpec
     from fmnist.params import load_params
-    from fmnist.training import ImageSet, build_net, seed_everything, set_threads
+    from fmnist.training import build_net
 
     params = load_params(ROOT / "params.yaml")
     t, size = params.train, params.resize.size
@@ -39,9 +42,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     n = t.batch_size * (args.batches + 2)
     train = ImageSet(rng.integers(0, 256, (n, size, size), dtype=np.uint8), rng.integers(0, 10, n))
-    net = build_net(model_name=params.model.name, input_size=size, head=params.model.head, lrn=params.model.lrn,
-                    lr=t.lr, batch_size=t.batch_size, dropout=t.dropout, max_epochs=1, patience=1, seed=t.seed,
-                    valid=train, device="cpu", precision=args.precision or params.model.precision)
+    compute = Compute.resolve(args.precision or params.model.precision, "cpu")
+    net = build_net(ModelSpec.of(params.model, size, t.dropout), t.hyper_params(), compute, max_epochs=1,
+                    patience=1, seed=t.seed, valid=train)
     net.initialize()
     batches = iter(net.get_iterator(train, training=True))
     for _ in range(2):
@@ -49,7 +52,7 @@ def main() -> None:
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(args.batches):
             net.train_step(next(batches))
-    print(f"{params.model.name} at {size} px, batch {t.batch_size}, {net.precision}, {threads} threads, "
+    print(f"{params.model.name} at {size} px, batch {t.batch_size}, {compute.precision}, {threads} threads, "
           f"{args.batches} training steps")
     print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=args.rows,
                                                              max_name_column_width=40, max_shapes_column_width=60))

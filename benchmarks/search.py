@@ -24,9 +24,11 @@ import numpy as np
 import torch
 
 from fmnist.data import load_split, stratified_subset
-from fmnist.params import GridParams
-from fmnist.search import SearchData, TrialSetup, best_trial, plan_rounds, run_search
-from fmnist.training import resolve_precision
+from fmnist.compute import resolve_precision
+from fmnist.params import GridParams, load_params
+from fmnist.search.rounds import best_trial, run_search
+from fmnist.search.schedule import plan_rounds
+from fmnist.search.trial import SearchData, TrialSetup
 
 # 18 combinations: with factor 3, halving runs 18, 6 and 2 trials for 1/9, 1/3 and all of the
 # budget. With epochs as the resource the survivors go on, so halving trains 18 x 1 + 6 x 2 + 2 x 6
@@ -55,8 +57,9 @@ def main() -> None:
     data = SearchData(np.asarray(train_images[train]), train_labels[train],
                       np.asarray(valid_images[valid]), valid_labels[valid])
     configs = GRID.combinations()
-    setup = TrialSetup("AlexNetSmall", "linear", False, seed=args.seed, epochs=args.epochs, threads=args.threads,
-                       precision=args.precision)
+    model = load_params().model.model_copy(update={"name": "AlexNetSmall", "head": "linear", "lrn": False,
+                                                    "precision": args.precision})
+    setup = TrialSetup(model, seed=args.seed, epochs=args.epochs, threads=args.threads)
     print(f"grid: {len(configs)} combinations of lr {list(GRID.lr)}, batch_size {list(GRID.batch_size)}, "
           f"dropout {list(GRID.dropout)}")
     print(f"data: {len(train)} training images per trial, {len(valid)} validation images, {args.epochs} epochs, "
@@ -74,25 +77,24 @@ def main() -> None:
                           progress=lambda line: print(line, file=sys.stderr))
         seconds = time.perf_counter() - start
         best = best_trial(rows)
-        images = sum(r["images_processed"] for r in rows)
+        images = sum(r.images_processed for r in rows)
         results[name] = (best, images)
         print(f"\n{name}: rounds (trials x epochs x training images) "
               + ", ".join(f"{r.candidates} x {r.epochs} x {r.samples}" for r in rounds))
         print(f"{'round':>5} {'lr':>7} {'batch':>5} {'dropout':>7} {'epochs':>6} {'images':>6} {'processed':>9} "
               f"{'valid_acc':>9} {'status':>6}")
         for r in rows:
-            print(f"{r['round'] + 1:>5} {r['lr']:>7g} {r['batch_size']:>5} {r['dropout']:>7g} {r['epochs']:>6} "
-                  f"{r['train_images']:>6} {r['images_processed']:>9} {r['valid_acc']:>9.4f} {r['status']:>6}")
-        print(f"{name}: best lr={best['lr']:g} batch_size={best['batch_size']} dropout={best['dropout']:g} "
-              f"valid_acc={best['valid_acc']:.4f}; {len(rows)} trials, {images} training images processed, "
-              f"wall time {seconds:.0f} s")
+            print(f"{r.round + 1:>5} {r.hp.lr:>7g} {r.hp.batch_size:>5} {r.hp.dropout:>7g} {r.epochs:>6} "
+                  f"{r.train_images:>6} {r.images_processed:>9} {r.valid_acc:>9.4f} {r.status:>6}")
+        print(f"{name}: best {best.hp.label()} valid_acc={best.valid_acc:.4f}; {len(rows)} trials, "
+              f"{images} training images processed, wall time {seconds:.0f} s")
 
     grid_best, grid_images = results["grid"]
     print("\ngoal: within 0.5 accuracy points of grid's best with at most a third of its images")
     figures = {}
     for name in ("halving-epochs", "halving-samples"):
         best, images = results[name]
-        figures[name] = ratio, gap = images / grid_images, (grid_best["valid_acc"] - best["valid_acc"]) * 100
+        figures[name] = ratio, gap = images / grid_images, (grid_best.valid_acc - best.valid_acc) * 100
         met = ratio <= 1 / 3 and gap <= 0.5
         print(f"{name}: {ratio:.4f} of grid's images, {gap:.2f} points below grid's best: "
               f"{'met' if met else 'NOT met'}")

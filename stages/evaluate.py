@@ -21,10 +21,10 @@ from fmnist import plots, stage
 from fmnist.data import CLASS_NAMES, load_split
 from fmnist.files import atomic_open, read_json, write_json
 from fmnist.params import flatten, load_params, to_dict
+from fmnist.compute import Compute, seed_everything, set_threads
 from fmnist.predict import load_model, predict_proba
 from fmnist.report import write_report
 from fmnist.tracking import Run, Tracker, lineage_tags
-from fmnist.training import pick_device, resolve_precision, seed_everything, set_threads
 
 
 def main() -> None:
@@ -36,8 +36,8 @@ def main() -> None:
     eval_p = params.evaluate
     seed_everything(0)
     set_threads(0)
-    module, config = load_model(args.model)
-    images, labels = load_split(args.data, "test", size=config["input_size"])
+    module, spec = load_model(args.model)
+    images, labels = load_split(args.data, "test", size=spec.input_size)
     history = read_json(args.history)
 
     tracker = Tracker(params.tracking.experiment)
@@ -46,20 +46,19 @@ def main() -> None:
     if train_run:
         tags |= {"fmnist.train_run_id": train_run, "fmnist.pipeline": train_run}
 
-    device = pick_device()
-    compute = resolve_precision(config["precision"], device)  # fp32 or bf16, as on this machine
+    compute = Compute.resolve(spec.precision)  # fp32 or bf16, as on this machine
     start = time.perf_counter()
-    prob = predict_proba(module, images, config["input_size"], eval_p.batch_size, device, compute)
+    prob = predict_proba(module, images, spec.input_size, compute, eval_p.batch_size)
     seconds = time.perf_counter() - start
     pred = prob.argmax(axis=1)
-    precision, recall, f1, support = precision_recall_fscore_support(labels, pred, labels=range(10),
-                                                                     zero_division=0)
+    class_precision, recall, f1, support = precision_recall_fscore_support(labels, pred, labels=range(10),
+                                                                           zero_division=0)
     metrics = {
         "test_accuracy": float((pred == labels).mean()),
         "test_loss": float(log_loss(labels, np.clip(prob, 1e-7, 1), labels=range(10))),
         "test_macro_f1": float(f1.mean()),
         "per_class": {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-                      for name, p, r, f, s in zip(CLASS_NAMES, precision, recall, f1, support)},
+                      for name, p, r, f, s in zip(CLASS_NAMES, class_precision, recall, f1, support)},
     }
     write_json(args.metrics, _rounded(metrics))
     with atomic_open(args.predictions) as f:
@@ -75,15 +74,16 @@ def main() -> None:
     worst = wrong[np.argsort(-prob[wrong, pred[wrong]], kind="stable")][:eval_p.n_misclassified]
     plots.mistakes_grid(images[worst], labels[worst], pred[worst], prob[worst, pred[worst]],
                         out / "mistakes.png")
-    about = (f"{config['model_name']} at {config['input_size']} px, {config['head']} head, dropout "
-             f"{config['dropout']:g}; predicted in {compute} on {device}")
+    about = (f"{spec.model_name} at {spec.input_size} px, {spec.head} head, dropout "
+             f"{spec.dropout:g}; predicted in {compute.precision} on {compute.device}")
     write_report(args.report, metrics, history, [out / "curves.png", out / "confusion_matrix.png",
                                                   out / "mistakes.png"], about)
 
     flat = flatten(metrics)
-    with tracker.run("evaluate", tags=tags) as run:
-        run.log_params(flatten({"evaluate": to_dict(eval_p)}) | {"model": config["model_name"],
-                                                                  "precision": compute, "device": device})
+    with tracker.run("evaluate", tags=tags, datasets={"test_images": Path(args.data) / "test_images.npy"}) as run:
+        run.log_params(flatten({"evaluate": to_dict(eval_p)}) | {"model": spec.model_name,
+                                                                  "precision": compute.precision,
+                                                                  "device": compute.device})
         run.log_metrics(flat | {"eval_images_per_second": len(images) / seconds})
         for path in (args.metrics, args.predictions, args.report, out):
             run.log_artifact(path)
@@ -91,6 +91,9 @@ def main() -> None:
         on_train = Run(tracker, train_run)
         on_train.log_metrics(flat)
         on_train.log_artifact(out, "evaluate")
+        promoted = tracker.promote(train_run, "test_accuracy", metrics["test_accuracy"])
+        if promoted:
+            print(promoted)
     print(f"test accuracy {metrics['test_accuracy']:.4f} ({len(wrong)} mistakes of {len(labels)}); "
           f"predicted {len(images) / seconds:.0f} images/s")
 

@@ -15,14 +15,15 @@ writes nothing and exits with status 2. MLflow: one parent run, one nested run p
 from pathlib import Path
 
 from fmnist import stage
+from fmnist.compute import seed_everything, set_threads
 from fmnist.data import load_split, stratified_subset
 from fmnist.files import write_json
 from fmnist.params import flatten, load_params, to_dict
 from fmnist.plots import search_results
-from fmnist.search import (HP_KEYS, TABLE_KEYS, SearchData, TrackingTarget, TrialSetup, best_trial,
-                           plan_rounds, run_search)
+from fmnist.search.rounds import best_trial, run_search
+from fmnist.search.schedule import plan_rounds
+from fmnist.search.trial import SearchData, TrackingTarget, TrialSetup
 from fmnist.tracking import Tracker, file_digest, lineage_tags
-from fmnist.training import seed_everything, set_threads
 
 
 def main() -> None:
@@ -36,53 +37,43 @@ def main() -> None:
     keep = stratified_subset(train_labels, search.subset, search.seed)
     data = SearchData(train_images[keep], train_labels[keep])
     if search.cv == 0:
-        valid_images, valid_labels = load_split(args.data, "valid")
-        data = SearchData(data.train_images, data.train_labels, valid_images, valid_labels)
+        data = SearchData(data.train_images, data.train_labels, *load_split(args.data, "valid"))
     n_train = len(data.train_labels)
-    too_big = [b for b in search.grid.batch_size if b > n_train]
-    if too_big:
-        raise stage.StageError(f"params.yaml: search.grid.batch_size {too_big} larger than the {n_train} "
-                               f"training images of a trial; allowed: 1..{n_train}")
-    configs = search.grid.combinations()
-    rounds = plan_rounds(search.strategy, len(configs), search.epochs, n_train, search.factor,
+    grid = search.grid.combinations()
+    rounds = plan_rounds(search.strategy, len(grid), search.epochs, n_train, search.factor,
                          search.resource, min_samples=max(search.grid.batch_size))
-    setup = TrialSetup(params.model.name, params.model.head, params.model.lrn, search.seed,
-                       epochs=search.epochs, cv=search.cv, threads=search.threads,
-                       precision=params.model.precision)
+    setup = TrialSetup(params.model, search.seed, epochs=search.epochs, cv=search.cv, threads=search.threads)
 
     tracker = Tracker(params.tracking.experiment)
     folder = Path(args.data)
     tags = lineage_tags("search", {"train_images": folder / "train_images.npy",
                                    "valid_images": folder / "valid_images.npy"})
-    with tracker.run("search", tags=tags) as parent:
+    with tracker.run("search", tags=tags, datasets={"train_images": folder / "train_images.npy",
+                                                   "valid_images": folder / "valid_images.npy"}) as parent:
         parent.log_params(flatten({"search": to_dict(search), "model": to_dict(params.model)})
-                          | {"search.combinations": len(configs), "search.train_images": n_train,
+                          | {"search.combinations": len(grid), "search.train_images": n_train,
                              "search.rounds": len(rounds)})
         target = TrackingTarget(tracker.uri, params.tracking.experiment, parent.id,
                                 tags | {"fmnist.stage": "search-trial"})
-        rows = run_search(configs, rounds, setup, data, tracking=target, n_jobs=search.n_jobs,
-                          scheduler=search.scheduler, progress=print)
-        best = best_trial(rows)  # every trial failed: SearchError, nothing written
-        # A failed trial has no accuracy: null, not NaN (which is not JSON).
-        table = [{k: None if k == "valid_acc" and r["status"] != "ok" else r[k] for k in TABLE_KEYS}
-                 for r in rows]
-        best_params = {k: best[k] for k in HP_KEYS}
+        results = run_search(grid, rounds, setup, data, tracking=target, n_jobs=search.n_jobs,
+                             scheduler=search.scheduler, progress=print)
+        best = best_trial(results)  # every trial failed: SearchError, nothing written
         out = Path(args.out)
-        write_json(out / "trials.json", table)
-        write_json(out / "best_params.json", best_params | {k: best[k] for k in (
-            "valid_acc", "valid_acc_std", "epochs", "train_images", "round")})
-        # Each combination at the largest resource it got.
-        latest = {r["index"]: r for r in rows}
+        write_json(out / "trials.json", [r.table_row() for r in results])
+        write_json(out / "best_params.json", best.hp.as_dict() | {
+            "valid_acc": best.valid_acc, "valid_acc_std": best.valid_acc_std, "epochs": best.epochs,
+            "train_images": best.train_images, "round": best.round})
+        latest = {r.index: r.table_row() for r in results}  # each combination at the largest resource it got
         search_results(list(latest.values()), args.plot)
-        parent.log_metrics({"best_valid_acc": best["valid_acc"],
-                            "images_processed": sum(r["images_processed"] for r in rows),
-                            "trials": len(rows), "failed_trials": sum(r["status"] != "ok" for r in rows)})
-        parent.log_params({f"best.{k}": v for k, v in best_params.items()})
+        images = sum(r.images_processed for r in results)
+        parent.log_metrics({"best_valid_acc": best.valid_acc, "images_processed": images,
+                            "trials": len(results), "failed_trials": sum(not r.ok for r in results)})
+        parent.log_params({f"best.{k}": v for k, v in best.hp.as_dict().items()})
         parent.set_tags({"fmnist.output.best_params": file_digest(out / "best_params.json")})
         for path in (out / "trials.json", out / "best_params.json", Path(args.plot)):
             parent.log_artifact(path)
-    print(f"best: {best_params} valid_acc={best['valid_acc']:.4f} after {len(rows)} trials, "
-          f"{sum(r['images_processed'] for r in rows)} training images processed")
+    print(f"best: {best.hp.as_dict()} valid_acc={best.valid_acc:.4f} after {len(results)} trials, "
+          f"{images} training images processed")
 
 
 if __name__ == "__main__":

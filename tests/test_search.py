@@ -19,12 +19,15 @@ import yaml
 
 from helpers import BIN, ROOT, env_for, free_port, wait_for_port
 from fmnist.errors import ParamsError
-from fmnist.params import parse_params
-from fmnist.search import (TABLE_KEYS, SearchData, TrackingTarget, TrialSetup, best_trial,
-                           halving_schedule, plan_rounds, run_search)
+from fmnist.params import HyperParams, parse_params
+from fmnist.search.rounds import best_trial, run_search
+from fmnist.search.schedule import halving_schedule, plan_rounds
+from fmnist.search.trial import TABLE_KEYS, SearchData, TrackingTarget, TrialResult, TrialSetup
 from fmnist.tracking import Tracker
 
-CONFIGS = [{"batch_size": 32, "dropout": d, "lr": lr} for d in (0.2, 0.5) for lr in (0.001, 0.003)]
+CONFIGS = [HyperParams(lr=lr, batch_size=32, dropout=d) for d in (0.2, 0.5) for lr in (0.001, 0.003)]
+# The model section of the default params, computed in fp32 (any machine gives the same numbers).
+MODEL = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text())).model.model_copy(update={"precision": "fp32"})
 EPOCHS = 2
 # Torch threads of every reference run: what a trial gets when two run at once on this machine.
 # oneDNN's kernels sum in an order that depends on the thread count, so runs compared bit for bit
@@ -48,22 +51,27 @@ def data() -> SearchData:
 
 
 def setup_for(threads: int = THREADS, cv: int = 0, epochs: int = EPOCHS) -> TrialSetup:
-    return TrialSetup("AlexNetSmall", "linear", False, seed=7, epochs=epochs, cv=cv, threads=threads)
+    return TrialSetup(MODEL, seed=7, epochs=epochs, cv=cv, threads=threads)
 
 
 def rounds_for(strategy: str, resource: str = "samples", n: int = 120) -> list:
     return plan_rounds(strategy, len(CONFIGS), EPOCHS, n, factor=2, resource=resource, min_samples=32)
 
 
-def results(rows: list[dict]) -> list[dict]:
-    """Rows without their timings: what must not depend on where or how trials ran."""
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+def as_rows(found: list[TrialResult]) -> list[dict]:
+    """Each result as a flat dict: its fields, the hyper-parameters spelled out."""
+    return [{k: v for k, v in vars(r).items() if k != "hp"} | r.hp.as_dict() for r in found]
+
+
+def results(found: list[TrialResult]) -> list[dict]:
+    """Results without their timings: what must not depend on where or how trials ran."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in as_rows(found)]
 
 
 @pytest.fixture(scope="module")
-def reference(data) -> dict[str, list[dict]]:
+def reference(data) -> dict[str, list[TrialResult]]:
     """Grid and both halvings, in this process, one trial at a time."""
-    return {name: run_search(CONFIGS, rounds_for(*plan), setup_for(), data)
+    return {name: (run_search(CONFIGS, rounds_for(*plan), setup_for(), data))
             for name, plan in {"grid": ("grid",), "halving-epochs": ("halving", "epochs"),
                                "halving-samples": ("halving", "samples")}.items()}
 
@@ -110,10 +118,9 @@ def test_plan_rounds_give_the_resource_and_where_each_round_goes_on_from():
 
 
 def test_grid_and_halving_give_tables_of_one_form_and_halving_ends_with_grid_trials(reference):
-    grid, by_epochs, by_samples = reference["grid"], reference["halving-epochs"], reference["halving-samples"]
-    assert all(r["status"] == "ok" for rows in reference.values() for r in rows)
-    assert {frozenset(r) for rows in reference.values() for r in rows} == {frozenset(grid[0])}
-    assert set(TABLE_KEYS) <= set(grid[0])
+    grid, by_epochs, by_samples = (as_rows(reference[k]) for k in ("grid", "halving-epochs", "halving-samples"))
+    assert all(r.ok for found in reference.values() for r in found)
+    assert {frozenset(r.table_row()) for found in reference.values() for r in found} == {frozenset(TABLE_KEYS)}
 
     assert [(r["round"], r["epochs"], r["train_images"]) for r in grid] == [(0, 2, 120)] * 4
     assert [(r["round"], r["epochs"], r["images_processed"]) for r in by_epochs] == (
@@ -124,7 +131,7 @@ def test_grid_and_halving_give_tables_of_one_form_and_halving_ends_with_grid_tri
 
     # A last-round trial is the grid's trial of that combination, computation for computation:
     # trained on from round 1's weights (epochs) or afresh on all images (samples).
-    for halving in (by_epochs, by_samples):
+    for name, halving in (("halving-epochs", by_epochs), ("halving-samples", by_samples)):
         last = [r for r in halving if r["round"] == 1]
         assert len(last) == 2
         for row in last:
@@ -133,8 +140,8 @@ def test_grid_and_halving_give_tables_of_one_form_and_halving_ends_with_grid_tri
         # The two that went on are the best two of round 1, in the grid's order on ties.
         first = sorted((r for r in halving if r["round"] == 0), key=lambda r: (-r["valid_acc"], r["index"]))
         assert [r["index"] for r in first[:2]] == [r["index"] for r in last]
-        assert best_trial(halving)["round"] == 1
-    assert best_trial(grid)["valid_acc"] >= 0.3  # 10 classes: well above chance after two epochs
+        assert best_trial(reference[name]).round == 1
+    assert best_trial(reference["grid"]).valid_acc >= 0.3  # 10 classes: well above chance after two epochs
 
 
 def test_parallel_trials_give_the_same_results_and_split_the_cores(reference, data, tmp_path, monkeypatch):
@@ -155,22 +162,23 @@ def test_parallel_trials_give_the_same_results_and_split_the_cores(reference, da
 
 
 def test_failed_trials_are_recorded_and_the_search_goes_on(data, tmp_path, monkeypatch):
-    import fmnist.search
+    import fmnist.search.trial
 
-    real = fmnist.search.build_net
+    real = fmnist.search.trial.build_net
 
-    def build_net(**kwargs):  # a trial that raises: dropout 0.3 "breaks" the model code
-        if kwargs["dropout"] == 0.3:
+    def build_net(spec, hp, *args, **kwargs):  # a trial that raises: dropout 0.3 "breaks" the model code
+        if hp.dropout == 0.3:
             raise RuntimeError("no kernel for dropout 0.3\nsecond line")
-        return real(**kwargs)
+        return real(spec, hp, *args, **kwargs)
 
-    monkeypatch.setattr(fmnist.search, "build_net", build_net)
-    configs = [{"batch_size": 32, "dropout": d, "lr": lr} for d in (0.3, 0.5) for lr in (0.001, 1.0)]
+    monkeypatch.setattr(fmnist.search.trial, "build_net", build_net)
+    configs = [HyperParams(lr=lr, batch_size=32, dropout=d) for d in (0.3, 0.5) for lr in (0.001, 1.0)]
     tracker = tracked(tmp_path, monkeypatch)
     with tracker.run("search") as parent:
         target = TrackingTarget(tracker.uri, "search-test", parent.id, {"fmnist.stage": "search-trial"})
         rounds = plan_rounds("halving", 4, 2, 120, factor=2, resource="epochs")
-        rows = run_search(configs, rounds, setup_for(), data, tracking=target)
+        found = run_search(configs, rounds, setup_for(), data, tracking=target)
+    rows = as_rows(found)
     status = [(r["round"], r["lr"], r["dropout"], r["status"]) for r in rows]
     assert status == [(0, 0.001, 0.3, "failed"), (0, 1.0, 0.3, "failed"), (0, 0.001, 0.5, "ok"),
                       (0, 1.0, 0.5, "failed"), (1, 0.001, 0.5, "ok")]  # only the one that worked goes on
@@ -178,7 +186,7 @@ def test_failed_trials_are_recorded_and_the_search_goes_on(data, tmp_path, monke
     assert errors[(0.001, 0.3)] == errors[(1.0, 0.3)] == "RuntimeError: no kernel for dropout 0.3"
     assert errors[(1.0, 0.5)].startswith("FloatingPointError: diverged: train_loss is ")
     assert np.isnan([r["valid_acc"] for r in rows if r["status"] == "failed"]).all()
-    assert best_trial(rows)["lr"] == 0.001 and best_trial(rows)["round"] == 1
+    assert best_trial(found).hp.lr == 0.001 and best_trial(found).round == 1
 
     runs = child_runs(tracker, parent.id)
     assert sorted(r.info.status for r in runs) == ["FAILED"] * 3 + ["FINISHED"] * 2
@@ -197,8 +205,8 @@ def test_k_fold_scores_on_the_trials_own_images(tmp_path, monkeypatch):
     tracker = tracked(tmp_path, monkeypatch)
     with tracker.run("search") as parent:
         target = TrackingTarget(tracker.uri, "search-test", parent.id, {})
-        rows = run_search(CONFIGS[:2], plan_rounds("grid", 2, 1, 120), setup_for(cv=3, epochs=1), only_train,
-                          tracking=target)
+        rows = as_rows(run_search(CONFIGS[:2], plan_rounds("grid", 2, 1, 120), setup_for(cv=3, epochs=1),
+                                  only_train, tracking=target))
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert [r["images_processed"] for r in rows] == [3 * 80, 3 * 80]  # 3 folds, each trained on 2/3
     assert all(0.0 <= r["valid_acc"] <= 1.0 and r["valid_acc_std"] >= 0.0 for r in rows)
@@ -272,7 +280,7 @@ def test_trials_run_on_a_dask_cluster_each_its_own_nested_run(reference, data, d
     for run in runs:
         assert {"valid_acc", "train_loss", "valid_acc_best", "images_processed"} <= set(run.data.metrics)
     by_round = sorted((int(r.data.params["round"]), float(r.data.metrics["valid_acc_best"])) for r in runs)
-    assert by_round == sorted((r["round"], r["valid_acc"]) for r in rows)
+    assert by_round == sorted((r.round, r.valid_acc) for r in rows)
     last = [r for r in runs if r.data.params["round"] == "1"]
     steps = [m.step for m in tracker.client.get_metric_history(last[0].info.run_id, "valid_acc")]
     assert steps == [2]  # round 2 logs the epoch it trained on from round 1
@@ -313,6 +321,13 @@ def test_stage_writes_the_table_and_fails_in_one_line_when_every_trial_fails(tmp
     assert set(best) == {"lr", "batch_size", "dropout", "valid_acc", "valid_acc_std", "epochs", "train_images",
                          "round"}
     assert best["round"] == 1 and best["train_images"] == 120
+    # The best trial of trials.json's last round (first in grid order on a tie), not an echo of the grid:
+    # two combinations reached that round, and the trials did not all score the same.
+    last = [t for t in trials if t["round"] == 1]
+    top = max(last, key=lambda t: t["valid_acc"])
+    assert len({(t["lr"], t["dropout"]) for t in last}) == 2 and len({t["valid_acc"] for t in trials}) > 1
+    assert {k: best[k] for k in ("lr", "batch_size", "dropout", "valid_acc", "epochs")} == \
+        {k: top[k] for k in ("lr", "batch_size", "dropout", "valid_acc", "epochs")}
     assert (repo / "plots/search.png").read_bytes()[:4] == b"\x89PNG"
     assert "[round 1/2] trial 1/4 starts: " in done.stdout and "[round 2/2] trial 2/2 done: " in done.stdout
     assert "best so far: 0." in done.stdout

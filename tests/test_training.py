@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import pickle
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from fmnist.batches import BatchIterator, ImageSet, augment_batch
+from fmnist.checkpoint import EpochCheckpoint, fingerprint
+from fmnist.compute import Compute, resolve_precision, seed_everything
 from fmnist.errors import ParamsError
+from fmnist.model import ModelSpec
+from fmnist.params import HyperParams
 from fmnist.predict import predict_proba
-from fmnist.training import (BatchIterator, EpochCheckpoint, ImageSet, augment_batch, build_net,
-                             cosine_factor, fit, resolve_precision, seed_everything)
+from fmnist.training import build_net, cosine_factor, fit
 
 
 def tiny_sets(n_train=96, n_valid=40, size=67):
@@ -48,10 +56,9 @@ def test_cosine_factor_closed_form():
 
 
 def make_net(valid, checkpoint=None, epochs=3, precision="fp32"):
-    return build_net(model_name="AlexNetSmall", input_size=67, head="linear", lrn=False, lr=1e-3,
-                     batch_size=32, dropout=0.5, max_epochs=epochs, patience=5, seed=7, valid=valid,
-                     extra_callbacks=[("checkpoint", checkpoint)] if checkpoint else [], device="cpu",
-                     precision=precision)
+    return build_net(ModelSpec("AlexNetSmall", 67, 0.5), HyperParams(lr=1e-3, batch_size=32, dropout=0.5),
+                     Compute("cpu", precision), max_epochs=epochs, patience=5, seed=7, valid=valid,
+                     extra_callbacks=[("checkpoint", checkpoint)] if checkpoint else [])
 
 
 class StopAfter(Exception):
@@ -92,13 +99,81 @@ def test_resume_gives_the_same_weights_as_an_unbroken_run(tmp_path, precision):
         assert torch.equal(a, b)
 
 
-def test_a_checkpoint_from_other_params_is_ignored(tmp_path):
-    train, valid = tiny_sets()
-    ckpt = EpochCheckpoint(tmp_path, "params-A")
-    fit(make_net(valid, ckpt, epochs=1), train, ckpt)
-    other = EpochCheckpoint(tmp_path, "params-B")
-    net = make_net(valid, other, epochs=1)
-    assert fit(net, train, other) == 1  # trained from scratch, not resumed
+def interrupted(folder, fp, train, valid, epochs=2) -> None:
+    """A run of ``epochs`` that "dies" once epoch 1's checkpoint is written."""
+    seed_everything(7)
+    ckpt = EpochCheckpoint(folder, fp)
+    net = make_net(valid, ckpt, epochs=epochs)
+    net.initialize()
+    real_on_epoch_end = ckpt.on_epoch_end
+
+    def die_after_first(net, **kw):
+        real_on_epoch_end(net, **kw)
+        raise StopAfter
+
+    ckpt.on_epoch_end = die_after_first
+    with pytest.raises(StopAfter):
+        net.partial_fit(train, epochs=epochs)
+    assert (Path(folder) / "last.pt").is_file()
+
+
+def resumed_epochs(folder, fp, train, valid, epochs=2) -> tuple[int, list[int]]:
+    """Epochs a fresh process trains with checkpoint ``fp`` in ``folder``, and its history's epochs."""
+    seed_everything(7)
+    ckpt = EpochCheckpoint(folder, fp)
+    net = make_net(valid, ckpt, epochs=epochs)
+    return fit(net, train, ckpt, seed=7), [row["epoch"] for row in net.history]
+
+
+def test_a_checkpoint_of_other_params_or_code_is_not_resumed(tmp_path, caplog):
+    train, valid = tiny_sets(n_train=32, n_valid=20)
+    params = {"train": {"lr": 0.001, "max_epochs": 2}, "model": {"name": "AlexNetSmall"}}
+    code = ["md5-of-training.py", "md5-of-model.py"]
+    made_by = fingerprint(params, code)
+    others = {"other params": fingerprint(params | {"train": {"lr": 0.002, "max_epochs": 2}}, code),
+              "other code": fingerprint(params, ["md5-of-training.py", "md5-of-an-edited-model.py"])}
+    # The control: the same params and code resume after epoch 1, so the check is what stops the others.
+    interrupted(tmp_path, made_by, train, valid)
+    assert resumed_epochs(tmp_path, made_by, train, valid) == (1, [1, 2])
+    for what, other in others.items():
+        interrupted(tmp_path, made_by, train, valid)  # one folder, one last.pt, as in checkpoints/train
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="fmnist.checkpoint"):
+            assert resumed_epochs(tmp_path, other, train, valid) == (2, [1, 2]), what  # from scratch
+        assert f"ignoring {tmp_path / 'last.pt'}: it was made by other params, data or code" in caplog.text
+
+
+class Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "this ran"))
+
+
+def test_a_corrupt_or_unsafe_checkpoint_is_refused_and_training_starts_over(tmp_path, caplog):
+    train, valid = tiny_sets(n_train=32, n_valid=20)
+    interrupted(tmp_path, "fp", train, valid)
+    last, marker = tmp_path / "last.pt", tmp_path / "ran.txt"
+    good = last.read_bytes()
+    state = torch.load(last, weights_only=True)
+    damages = {
+        "garbage": lambda: last.write_bytes(b"\x00not a checkpoint" * 64),
+        "truncated": lambda: last.write_bytes(good[:len(good) // 2]),
+        # the right fingerprint: only safe loading stops it
+        "a pickled object": lambda: torch.save({**state, "history": Payload(marker)}, last, pickle_module=pickle),
+        "not a dict": lambda: torch.save([1, 2, 3], last),
+    }
+    for damage, write in damages.items():
+        write()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="fmnist.checkpoint"):
+            assert resumed_epochs(tmp_path, "fp", train, valid) == (2, [1, 2]), damage
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and str(last) in warnings[0] and "training starts over" in warnings[0], warnings
+        assert not marker.exists()  # the pickled code never ran
+    last.write_bytes(good)  # the control: the undamaged file resumes
+    assert resumed_epochs(tmp_path, "fp", train, valid) == (1, [1, 2])
 
 
 def test_a_finished_run_is_trained_again_not_resumed(tmp_path):
@@ -159,8 +234,8 @@ def test_bf16_predictions_match_fp32():
     net.fit(train, y=None)
     module = net.module_.eval()
     images = valid.images.numpy()
-    fp32 = predict_proba(module, images, 67, precision="fp32")
-    bf16 = predict_proba(module, images, 67, precision="bf16")
+    fp32 = predict_proba(module, images, 67, Compute("cpu", "fp32"))
+    bf16 = predict_proba(module, images, 67, Compute("cpu", "bf16"))
     assert fp32.dtype == bf16.dtype == np.float32
     assert np.allclose(bf16.sum(axis=1), 1.0, atol=1e-5)
     assert np.abs(bf16 - fp32).max() < 0.05  # bf16 keeps 8 bits of mantissa

@@ -9,11 +9,55 @@ negative and dropout zeroes whole class scores, which cripples training. The def
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
 
 HIDDEN = {"AlexNet": 4096, "AlexNetSmall": 128}
 N_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that rebuilds a trained module, saved beside its weights in ``model.pt`` (as
+    nanoGPT keeps ``model_args`` in its checkpoint) and read back by :meth:`from_dict`.
+
+    ``precision`` is the setting as configured (``auto``, ``fp32``, ``bf16``): each machine that
+    runs the model resolves it for its own hardware (``fmnist.compute.Compute.resolve``).
+    """
+
+    model_name: str  # a key of MODELS
+    input_size: int
+    dropout: float
+    head: str = "linear"
+    lrn: bool = False
+    precision: str = "auto"
+
+    @classmethod
+    def of(cls, model: Any, input_size: int, dropout: float) -> "ModelSpec":
+        """The spec of the params' ``model`` section at ``input_size`` px with ``dropout``."""
+        return cls(model.name, int(input_size), float(dropout), model.head, model.lrn, model.precision)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def module_class(self) -> type["AlexNetBase"]:
+        return MODELS[self.model_name]
+
+    def module_kwargs(self) -> dict:
+        return {"input_size": self.input_size, "dropout": self.dropout, "head": self.head, "lrn": self.lrn}
+
+    def build(self) -> "AlexNetBase":
+        return self.module_class(**self.module_kwargs())
 
 
 class ConvReLU(nn.Module):

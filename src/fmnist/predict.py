@@ -1,4 +1,8 @@
-"""Load a trained model and predict classes for raw 28x28 (or any size) images."""
+"""Load a trained model and predict classes for raw 28x28 (or any size) images.
+
+Depends on the model, the compute settings and the data helpers only: serving a model imports
+neither skorch nor the training code.
+"""
 
 from __future__ import annotations
 
@@ -10,29 +14,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fmnist.batches import to_float
+from fmnist.compute import Compute
 from fmnist.data import resize_images
 from fmnist.files import save_torch
-from fmnist.model import MODELS, AlexNetBase
-from fmnist.training import autocast, resolve_precision, to_compute_layout, to_float
+from fmnist.model import AlexNetBase, ModelSpec
 
 
-def save_model(module: AlexNetBase, config: dict, path: str | Path) -> None:
-    """One file: the weights and the config needed to rebuild the module."""
-    save_torch(path, {"state_dict": module.state_dict(), "config": dict(config)})
+def save_model(module: AlexNetBase, spec: ModelSpec, path: str | Path) -> None:
+    """One file: the weights and the spec that rebuilds the module."""
+    save_torch(path, {"state_dict": module.state_dict(), "config": spec.to_dict()})
 
 
-def load_model(path: str | Path) -> tuple[AlexNetBase, dict]:
-    """Rebuild a saved module (safe loading: tensors and plain values only).
+def load_model(path: str | Path) -> tuple[AlexNetBase, ModelSpec]:
+    """Rebuild a saved module (safe loading: tensors and plain values only), in eval mode.
 
-    ``config["precision"]`` is the precision it was trained in (``auto`` by default): pass it to
-    :func:`predict_proba` to predict as evaluate did.
+    ``spec.precision`` is the precision setting it was trained with: resolve it on this machine
+    (``Compute.resolve(spec.precision)``) to predict as evaluate did.
     """
     state = torch.load(path, map_location="cpu", weights_only=True)
-    config = {"precision": "auto", **state["config"]}
-    module = MODELS[config["model_name"]](input_size=config["input_size"], dropout=config["dropout"],
-                                          head=config["head"], lrn=config["lrn"])
+    spec = ModelSpec.from_dict(state["config"])
+    module = spec.build()
     module.load_state_dict(state["state_dict"])
-    return module.eval(), config
+    return module.eval(), spec
 
 
 def as_images(values: np.ndarray) -> np.ndarray:
@@ -51,49 +55,48 @@ def as_images(values: np.ndarray) -> np.ndarray:
 _FAST: "weakref.WeakKeyDictionary[AlexNetBase, dict]" = weakref.WeakKeyDictionary()
 
 
-def inference_module(module: AlexNetBase, device: str = "cpu", precision: str = "fp32") -> torch.nn.Module:
-    """``module`` made fast for inference on ``device`` in ``precision`` (``fp32``/``bf16``).
+def inference_module(module: AlexNetBase, compute: Compute) -> torch.nn.Module:
+    """``module`` made fast for inference as ``compute`` says.
 
     On the CPU, fp32: frozen TorchScript (``optimize_for_inference`` fuses conv + ReLU and keeps
     weights in oneDNN's layout: about 1.3x the eager speed at 67 px on 2 cores); bf16: a
-    channels-last copy, to be run under :func:`fmnist.training.autocast` (about 2x the frozen fp32
-    speed where the CPU has AMX). benchmarks/train.py measures both. TorchScript is deprecated in
+    channels-last copy, to be run under ``compute.autocast()`` (about 2x the frozen fp32 speed
+    where the CPU has AMX). benchmarks/train.py measures both. TorchScript is deprecated in
     favour of ``torch.compile``, whose compile time would cost more than it saves for one test
     set; any failure to freeze falls back to eager mode. Elsewhere: ``module`` itself.
     """
-    if device != "cpu" or module.training:
+    if compute.device != "cpu" or module.training:
         return module
     cache = _FAST.setdefault(module, {})
-    if precision not in cache:
-        if precision == "bf16":
-            cache[precision] = to_compute_layout(copy.deepcopy(module), precision, device)
+    if compute.precision not in cache:
+        if compute.precision == "bf16":
+            cache[compute.precision] = compute.layout(copy.deepcopy(module))
         else:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", FutureWarning)
-                    cache[precision] = torch.jit.optimize_for_inference(torch.jit.script(module))
+                    cache[compute.precision] = torch.jit.optimize_for_inference(torch.jit.script(module))
             except Exception:  # an unscriptable module or a torch without TorchScript
-                cache[precision] = module
-    return cache[precision]
+                cache[compute.precision] = module
+    return cache[compute.precision]
 
 
 @torch.inference_mode()
-def predict_proba(module: AlexNetBase, images: np.ndarray, input_size: int, batch_size: int = 1024,
-                  device: str = "cpu", precision: str = "auto") -> np.ndarray:
+def predict_proba(module: AlexNetBase, images: np.ndarray, input_size: int, compute: Compute,
+                  batch_size: int = 1024) -> np.ndarray:
     """Class probabilities ``(N, 10)`` for uint8 images of any square size (resized to the model's).
 
-    ``precision``: ``fp32``, ``bf16`` (autocast; the probabilities are computed in fp32 from the
-    logits), or ``auto`` (:func:`fmnist.training.resolve_precision`, on this machine).
+    ``compute`` says where and in which precision (bf16: autocast; the probabilities are computed
+    in fp32 from the logits).
     """
-    precision = resolve_precision(precision, device)
-    fast = inference_module(module.to(device).eval(), device, precision)
+    fast = inference_module(module.to(compute.device).eval(), compute)
     out = []
     for start in range(0, len(images), batch_size):
         block = images[start:start + batch_size]
         if block.shape[-1] != input_size:
             block = resize_images(block, input_size)
-        x = to_float(torch.from_numpy(np.ascontiguousarray(block))).to(device)
-        with autocast(precision, device):
+        x = to_float(torch.from_numpy(np.ascontiguousarray(block))).to(compute.device)
+        with compute.autocast():
             logits = fast(x)
         out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 10), dtype=np.float32)

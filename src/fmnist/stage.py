@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Callable
 
 from fmnist.errors import EXPECTED, StageError
 
-__all__ = ["StageError", "parser", "run"]
+__all__ = ["StageError", "parser", "quiet_progress_bar_in_logs", "run"]
 
 
 def parser(doc: str | None, **paths: str) -> argparse.ArgumentParser:
@@ -19,6 +20,12 @@ def parser(doc: str | None, **paths: str) -> argparse.ArgumentParser:
         p.add_argument(f"--{name.replace('_', '-')}", default=default, metavar="PATH")
     p.add_argument("--params", default="params.yaml", metavar="PATH")
     return p
+
+
+def quiet_progress_bar_in_logs() -> None:
+    """A log file, not a terminal: a progress bar line every 20 s is enough."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_MININTERVAL", "20")
 
 
 def run(main: Callable[[], None]) -> None:
