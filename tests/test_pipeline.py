@@ -52,7 +52,8 @@ def test_first_repro_runs_every_stage_and_writes_the_outputs(pipeline):
     assert f"| test accuracy | {metrics['test_accuracy'] * 100:.2f}% |" in report
     assert "](../plots/evaluate/confusion_matrix.png)" in report and "| Ankle boot |" in report
     train = json.loads((repo / "metrics/train.json").read_text())
-    assert {k: train[k] for k in ("lr", "batch_size", "dropout")} == {k: best[k] for k in ("lr", "batch_size", "dropout")}
+    used = ("lr", "batch_size", "dropout")
+    assert {k: train[k] for k in used} == {k: best[k] for k in used}  # train took the winner's
     assert train["precision"] in ("fp32", "bf16")  # what auto became on this machine
     assert re.search(rf"^\| model \| AlexNetSmall at 67 px, linear head, dropout {train['dropout']:g}; "
                      r"predicted in (fp32|bf16) on (cpu|cuda) \|$", report, re.MULTILINE)

@@ -110,7 +110,8 @@ def test_sigkill_mid_epoch_resumes_after_the_last_finished_epoch(reference, tmp_
     assert "of 3 (2 trained now," in output  # epochs 2 and 3, not 1 to 3 again
     con = sqlite3.connect(repo / "mlflow.db")
     [(run,)] = con.execute("""select r.run_uuid from runs r join tags t on t.run_uuid = r.run_uuid
-                              where t.key = 'fmnist.stage' and t.value = 'train' and r.status = 'FINISHED'""").fetchall()
+                              where t.key = 'fmnist.stage' and t.value = 'train'
+                              and r.status = 'FINISHED'""").fetchall()
     # Only epochs trained by this process have a duration; the resumed history's epoch 1 has none.
     trained = [step for (step,) in con.execute("select step from metrics where run_uuid = ? and key = 'epoch_seconds' "
                                                "order by step", (run,))]
