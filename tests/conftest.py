@@ -86,26 +86,36 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
                               f"Python packages: make setup. Under CI=true these skips fail the run.")
 
 
+def fetch_as_debian_folder(sources: list[str], timeout_s: float, tmp: Path) -> Path:
+    """The four files fetched by the download stage's own logic, gzipped in ``tmp/fashion-mnist``
+    as the Debian package lays them out (tests copy and corrupt ``.gz`` files)."""
+    from fmnist.data import FILES, fetch
+
+    raw, folder = tmp / "raw", tmp / "fashion-mnist"
+    fetch(tuple(sources), raw, timeout_s=timeout_s)
+    folder.mkdir()
+    for idx in FILES.values():
+        with gzip.open(folder / f"{idx.name}.gz", "wb", compresslevel=1) as f:
+            f.write((raw / idx.name).read_bytes())
+    return folder
+
+
 @pytest.fixture(scope="session")
 def data_source(tmp_path_factory) -> Path:
-    """A folder with the four Fashion-MNIST ``.gz`` files: the Debian package's, else one filled by
-    the download stage's own logic from the sources in ``params.yaml``."""
-    from fmnist.data import FILES, fetch
+    """A folder with the four Fashion-MNIST ``.gz`` files: the Debian package's, else one filled
+    from the sources in ``params.yaml`` (mirror URLs), as the download stage would."""
+    from fmnist.data import FILES
     from fmnist.errors import DataError
 
     if all((DEBIAN / f"{idx.name}.gz").is_file() for idx in FILES.values()):
         folder = DEBIAN
     else:
         download = yaml.safe_load((ROOT / "params.yaml").read_text())["download"]
-        raw = tmp_path_factory.mktemp("fashion-mnist-raw")
         try:
-            fetch(tuple(download["sources"]), raw, timeout_s=float(download["timeout_s"]))
+            folder = fetch_as_debian_folder(download["sources"], float(download["timeout_s"]),
+                                            tmp_path_factory.mktemp("data"))
         except DataError as err:
             pytest.skip(f"no Fashion-MNIST data ({err})")
-        folder = tmp_path_factory.mktemp("fashion-mnist")
-        for idx in FILES.values():  # the layout of the Debian folder: tests copy and corrupt .gz files
-            with gzip.open(folder / f"{idx.name}.gz", "wb", compresslevel=1) as f:
-                f.write((raw / idx.name).read_bytes())
     helpers.data_folder = folder
     return folder
 

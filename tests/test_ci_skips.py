@@ -68,3 +68,12 @@ def test_a_test_on_the_pipeline_must_be_marked_slow(tmp_path):
                              str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 4, result.stdout + result.stderr
     assert "tests that run dvc repro must be marked slow: test_probe.py::test_uses_the_pipeline" in result.stderr
+
+
+def test_without_the_debian_folder_the_data_comes_from_the_download_logic(data_source, tmp_path):
+    from conftest import fetch_as_debian_folder
+    from fmnist.data import FILES, fetch
+
+    folder = fetch_as_debian_folder([str(tmp_path / "no-debian-here"), str(data_source)], 5, tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{idx.name}.gz" for idx in FILES.values())
+    fetch((str(folder),), tmp_path / "again")  # a source the download stage accepts, checksums and all
