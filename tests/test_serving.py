@@ -181,3 +181,33 @@ def test_served_model_rejects_images_of_the_wrong_shape(served_model, test_set):
     assert status == 400
     assert answer["error_code"] == "INVALID_PARAMETER_VALUE"
     assert "does not match expected shape (-1, 28, 28)" in answer["message"]
+
+
+def post_raw(url: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(url + "/invocations", data=body, headers={"Content-Type": "application/json"},
+                                     method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as err:
+        return err.code, json.load(err)
+
+
+def test_served_model_answers_bad_requests_with_400_and_a_message(served_model, test_set):
+    image = test_set["raw"][0].tolist()
+    nan = json.dumps({"inputs": [[[float("nan")] * 28] * 28]}).encode()  # Python's JSON writes NaN
+    requests = {
+        "NaN": (nan, "NaN"),
+        "strings": (json.dumps({"inputs": [[["white"] * 28] * 28]}).encode(), ""),
+        "an empty batch": (json.dumps({"inputs": []}).encode(), ""),
+        "booleans": (json.dumps({"inputs": [[[True] * 28] * 28]}).encode(), ""),
+        "out of range": (json.dumps({"inputs": [[[300.0] * 28] * 28]}).encode(), "0..255"),
+        "10,000 images": (json.dumps({"inputs": [image] * 10_000}).encode(), "at most 1024"),
+        "not JSON": (b'{"inputs": [[[', ""),
+    }
+    for what, (body, says) in requests.items():
+        status, answer = post_raw(served_model, body)
+        assert status == 400, (what, status, answer)
+        assert answer.get("message") and says in answer["message"], (what, answer)
+    status, _ = post(served_model, {"inputs": [image]})
+    assert status == 200  # the server is still up and well
