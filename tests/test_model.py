@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fmnist.model import AlexNet, AlexNetSmall, ConvReLU, LinearReLU, feature_size
+from fmnist.model import AlexNet, AlexNetSmall, ConvReLU, LinearReLU, feature_size, small_map_conv2d
 
 
 @pytest.mark.parametrize("cls, size, first_linear", [(AlexNetSmall, 67, 256), (AlexNet, 227, 9216),
@@ -57,3 +57,97 @@ def test_linear_head_gives_signed_logits_notebook_head_does_not():
 def test_lrn_is_optional():
     assert isinstance(AlexNetSmall(lrn=True).n1, torch.nn.LocalResponseNorm)
     assert isinstance(AlexNetSmall().n1, torch.nn.Identity)
+
+
+# The small-map path (fmnist.model.small_map_conv2d): same parameters, outputs and gradients as
+# nn.Conv2d, only the weight gradient computed another way.
+
+def plain(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every convolution a plain ``nn.Conv2d`` (the path before the speed-up)."""
+    for m in model.modules():
+        if isinstance(m, ConvReLU):
+            m.small_map_side = 0
+    return model
+
+
+def step_grads(model: torch.nn.Module, x: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, dict]:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = model(x)
+    out.float().square().sum().backward()
+    return out.detach().float(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_small_map_conv2d_gradients_are_exact_in_float64():
+    torch.manual_seed(0)
+    for side, kernel in ((3, 3), (2, 3), (1, 3), (3, 5)):
+        x = torch.randn(2, 3, side, side, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(4, 3, kernel, kernel, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda *a: small_map_conv2d(*a, kernel // 2), (x, w, b))
+
+
+def test_small_map_path_runs_on_3x3_maps_in_training_only():
+    model = AlexNetSmall().train()
+    used = []
+    for name, m in model.named_modules():
+        if isinstance(m, ConvReLU):
+            m.register_forward_pre_hook(lambda m, a, name=name: used.append((name, m.uses_small_map_path(a[0]))))
+    model(torch.rand(2, 1, 67, 67))
+    assert used == [("c1", False), ("c2", False), ("c3", True), ("c4", True), ("c5", True)]
+    used.clear()
+    with torch.no_grad():  # prediction: the plain convolution (the forward pass is the same kernel)
+        model(torch.rand(2, 1, 67, 67))
+    assert not any(u for _, u in used)
+    conv3 = ConvReLU(384, 384, kernel_size=3, padding=1)  # AlexNet's 13x13 maps at 227 px: oneDNN's own
+    assert not conv3.uses_small_map_path(torch.rand(2, 384, 13, 13))  # weight gradient is faster there
+    assert not ConvReLU(1, 96, kernel_size=11, stride=4).uses_small_map_path(torch.rand(2, 1, 3, 3))
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_fast_and_plain_models_load_each_others_state_and_agree(bf16):
+    torch.manual_seed(0)
+    x = torch.rand(8, 1, 67, 67)
+    plain_model = plain(AlexNetSmall(dropout=0.0))
+    fast = AlexNetSmall(dropout=0.0)
+    assert fast.state_dict().keys() == plain_model.state_dict().keys()
+    fast.load_state_dict(plain_model.state_dict())  # a checkpoint of the plain model, and back
+    plain_model.load_state_dict(fast.state_dict())
+    if bf16:  # as the train stage runs bf16 on a CPU: channels-last under autocast
+        fast, plain_model = (m.to(memory_format=torch.channels_last) for m in (fast, plain_model))
+    out_fast, grads_fast = step_grads(fast, x, bf16)
+    out_plain, grads_plain = step_grads(plain_model, x, bf16)
+    torch.testing.assert_close(out_fast, out_plain, rtol=0, atol=1e-6)
+    # fp32: rounding alone; bf16: the weight gradient rounds its bf16 result in another order
+    tol = 2e-2 if bf16 else 1e-5
+    for name, g in grads_plain.items():
+        scale = g.abs().max().item()
+        err = (grads_fast[name] - g).abs().max().item()
+        assert err <= tol * scale, f"{name}: max error {err:.3g}, gradient scale {scale:.3g}"
+
+
+def test_small_map_training_steps_are_bit_identical_run_to_run():
+    def two_steps() -> dict:
+        torch.manual_seed(0)
+        model = AlexNetSmall().to(memory_format=torch.channels_last).train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        x, y = torch.rand(16, 1, 67, 67), torch.randint(0, 10, (16,))
+        for _ in range(2):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(x)
+            torch.nn.functional.cross_entropy(out.float(), y).backward()
+            opt.step()
+        return model.state_dict()
+
+    first, second = two_steps(), two_steps()
+    for name, value in first.items():
+        assert torch.equal(value, second[name]), name
+
+
+def test_torchscript_takes_the_plain_convolution():
+    torch.manual_seed(0)
+    model = AlexNetSmall().eval()
+    frozen = torch.jit.optimize_for_inference(torch.jit.script(model))
+    x = torch.rand(4, 1, 67, 67)
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(x), model(x), rtol=1e-5, atol=1e-5)
