@@ -5,6 +5,7 @@
     python scripts/team.py env       # shell exports that point this shell at the stack (eval "$(...)")
     python scripts/team.py remote    # the DVC remote `team` (S3 on SeaweedFS) in .dvc/config.local
     python scripts/team.py add-user NAME [--password P]   # an MLflow account; prints its password
+    python scripts/team.py grant NAME EDIT [--experiment E]  # let NAME log runs into E too
     python scripts/team.py down      # stop all three (make team-down); no process is left behind
 
 Everything listens on 127.0.0.1 and keeps its data under ``$TEAM_HOME`` (default ``.team/`` in the
@@ -103,7 +104,8 @@ class Stack:
         values = self.secrets
         for key in values:
             if not values[key]:
-                values[key] = ("team" + secrets.token_hex(8)) if key == "s3_access_key" else secrets.token_urlsafe(24)
+                # hex: no value starts with "-" (a command-line option to dvc) or needs quoting
+                values[key] = ("team" + secrets.token_hex(8)) if key == "s3_access_key" else secrets.token_hex(20)
         write_private(self.home / "secrets.env", "".join(f"{k}={v}\n" for k, v in values.items()))
         return values
 
@@ -442,22 +444,26 @@ def env(stack: Stack) -> None:
         print(f"export {key}={shlex.quote(value)}")
 
 
-def remote(stack: Stack, repo: Path, name: str = "team") -> None:
-    """Add the DVC remote ``name`` to the repo's ``.dvc/config.local`` (never committed)."""
+def remote(stack: Stack, repo: Path, name: str = "team", prefix: str = "fmnist") -> None:
+    """Add the DVC remote ``name`` to the repo's ``.dvc/config.local`` (never committed); every
+    clone of the project uses the same ``s3://dvc/<prefix>``."""
     s = stack.secrets
     dvc = shutil.which("dvc", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}") or "dvc"
-    run([dvc, "remote", "add", "--local", "--force", name, f"s3://{DVC_BUCKET}/{repo.resolve().name}"],
-        "dvc remote add", cwd=repo)
+    url = f"s3://{DVC_BUCKET}/{prefix}"
+    run([dvc, "remote", "add", "--local", "--force", name, url], "dvc remote add", cwd=repo)
     for key, value in (("endpointurl", stack.s3_url()), ("access_key_id", s["s3_access_key"]),
                        ("secret_access_key", s["s3_secret_key"]), ("region", "us-east-1")):
-        run([dvc, "remote", "modify", "--local", name, key, value], "dvc remote modify", cwd=repo)
-    print(f"DVC remote {name!r} -> s3://{DVC_BUCKET}/{repo.resolve().name} at {stack.s3_url()} "
-          f"(in .dvc/config.local); dvc push -r {name}")
+        result = subprocess.run([dvc, "remote", "modify", "--local", name, key, value], cwd=repo,
+                                capture_output=True, text=True)
+        if result.returncode != 0:  # not dvc's message: it may echo the secret
+            raise TeamError(f"dvc remote modify --local {name} {key} failed ({result.returncode}) in {repo}")
+    print(f"DVC remote {name!r} -> {url} at {stack.s3_url()} (in .dvc/config.local); dvc push -r {name}")
 
 
-def admin_request(stack: Stack, method: str, path: str, body: dict) -> dict:
+def admin_request(stack: Stack, method: str, path: str, body: dict | None) -> dict:
     s = stack.secrets
-    request = urllib.request.Request(stack.mlflow_url() + path, data=json.dumps(body).encode(), method=method,
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(stack.mlflow_url() + path, data=data, method=method,
                                      headers={"Content-Type": "application/json"})
     token = base64.b64encode(f"{ADMIN}:{s['admin_password']}".encode()).decode()
     request.add_header("Authorization", f"Basic {token}")
@@ -471,9 +477,24 @@ def admin_request(stack: Stack, method: str, path: str, body: dict) -> dict:
 
 
 def add_user(stack: Stack, name: str, password: str | None) -> None:
-    password = password or secrets.token_urlsafe(16)
+    password = password or secrets.token_hex(16)
     admin_request(stack, "POST", "/api/2.0/mlflow/users/create", {"username": name, "password": password})
     print(f"MLFLOW_TRACKING_USERNAME={name} MLFLOW_TRACKING_PASSWORD={password}")
+
+
+def grant(stack: Stack, name: str, permission: str, experiment: str) -> None:
+    """Give ``name`` a permission on an experiment (READ is everyone's already; EDIT lets them log
+    runs into it, and also change its runs; MANAGE adds deleting and granting)."""
+    query = urllib.parse.urlencode({"experiment_name": experiment})
+    found = admin_request(stack, "GET", f"/api/2.0/mlflow/experiments/get-by-name?{query}", None)
+    body = {"experiment_id": found["experiment"]["experiment_id"], "username": name, "permission": permission}
+    try:
+        admin_request(stack, "POST", "/api/2.0/mlflow/experiments/permissions/create", body)
+    except TeamError as err:
+        if "already exists" not in str(err).lower() and "RESOURCE_ALREADY_EXISTS" not in str(err):
+            raise
+        admin_request(stack, "PATCH", "/api/2.0/mlflow/experiments/permissions/update", body)
+    print(f"{name}: {permission} on experiment {experiment!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -484,9 +505,14 @@ def main(argv: list[str] | None = None) -> int:
     rem = sub.add_parser("remote")
     rem.add_argument("--repo", type=Path, default=Path.cwd())
     rem.add_argument("--name", default="team")
+    rem.add_argument("--prefix", default="fmnist", help="the folder in the bucket; the same for every clone")
     user = sub.add_parser("add-user")
     user.add_argument("name")
     user.add_argument("--password")
+    perm = sub.add_parser("grant")
+    perm.add_argument("name")
+    perm.add_argument("permission", choices=("READ", "EDIT", "MANAGE", "NO_PERMISSIONS"))
+    perm.add_argument("--experiment", default="fashion-mnist-alexnet")
     args = parser.parse_args(argv)
     stack = Stack()
     try:
@@ -499,9 +525,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "env":
             env(stack)
         elif args.command == "remote":
-            remote(stack, args.repo, args.name)
+            remote(stack, args.repo, args.name, args.prefix)
         elif args.command == "add-user":
             add_user(stack, args.name, args.password)
+        elif args.command == "grant":
+            grant(stack, args.name, args.permission, args.experiment)
     except TeamError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
