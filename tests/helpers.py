@@ -57,8 +57,13 @@ def project_files() -> list[str]:
 
 
 def env_for(repo: Path) -> dict[str, str]:
+    """The environment to run commands in ``repo``: the venv's tools, no tracking URI, a git
+    identity, and ``repo``'s own package first on the path (the venv's editable install points at
+    this checkout, whose code may differ from the temp repo's, e.g. after a test edits it)."""
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    if (Path(repo) / "src" / "fmnist").is_dir():
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(repo) / "src"), env.get("PYTHONPATH")]))
     env.pop("MLFLOW_TRACKING_URI", None)
     env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "test"
     env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "test@example.com"
