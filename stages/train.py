@@ -24,8 +24,8 @@ from fmnist.model import ModelSpec
 from fmnist.params import HyperParams, flatten, load_params, to_dict
 from fmnist.predict import save_model
 from fmnist.pyfunc import log_trained_model
-from fmnist.tracking import MlflowEpochLogger, Tracker, lineage_tags, write_run_id
-from fmnist.training import build_net, epoch_history, fit
+from fmnist.tracking import Tracker, lineage_tags, write_run_id
+from fmnist.training import MlflowEpochLogger, build_net, epoch_history, fit
 
 
 def main() -> None:

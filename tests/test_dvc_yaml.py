@@ -70,3 +70,12 @@ def test_stage_commands_run_the_installed_package():
     for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
         assert not re.search(r"PYTHONPATH", stage["cmd"]), name
         assert stage["cmd"].startswith(f"python stages/{name}.py"), name
+
+
+def test_serving_depends_on_compute_model_and_data_only():
+    """Predicting and the pyfunc model import no training code and no skorch."""
+    for module in ("predict.py", "pyfunc.py", "pyfunc_model.py"):
+        closure = package_closure(PACKAGE / module)
+        assert not closure & {"src/fmnist/training.py", "src/fmnist/checkpoint.py"}, module
+        third_party = set().union(*(imported(ROOT / path) for path in closure | {f"src/fmnist/{module}"}))
+        assert not {n for n in third_party if n.split(".")[0] == "skorch"}, module

@@ -24,8 +24,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
-from skorch.callbacks import Callback
-
 from fmnist.errors import TrackingError
 
 log = logging.getLogger(__name__)
@@ -352,28 +350,3 @@ def _retry(fn, *args, attempts: int = 8, **kwargs):
 
 
 DATASET_CONTEXTS = (("train", "training"), ("valid", "validation"), ("test", "testing"))
-EPOCH_KEYS = ("train_loss", "valid_loss", "train_acc", "valid_acc", "lr", "dur")
-
-
-class MlflowEpochLogger(Callback):
-    """skorch callback: the epoch's losses, accuracies, learning rate and seconds, step = epoch.
-
-    Unlike skorch's ``MlflowLogger`` it logs into a given run and never ends it, so a search can
-    give each trial its own nested run.
-    """
-
-    def __init__(self, run: Run, prefix: str = ""):
-        self.run = run
-        self.prefix = prefix
-
-    def on_epoch_end(self, net, **kwargs):
-        self.log_row(net.history[-1])
-
-    def log_history(self, net) -> None:
-        """Log every epoch so far (a resumed fit: the epochs of the interrupted run)."""
-        for row in net.history:
-            self.log_row(row)
-
-    def log_row(self, row: dict) -> None:
-        metrics = {self.prefix + ("epoch_seconds" if k == "dur" else k): row[k] for k in EPOCH_KEYS if k in row}
-        self.run.log_metrics(metrics, step=int(row["epoch"]))

@@ -20,7 +20,7 @@ from fmnist.compute import Compute, seed_everything
 from fmnist.model import ModelSpec
 from fmnist.params import HyperParams, ModelParams
 from fmnist.search.schedule import Task
-from fmnist.training import build_net
+from fmnist.training import MlflowEpochLogger, build_net
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +216,6 @@ def run_trial(task: Task, setup: TrialSetup, data: SearchData, tracking: Trackin
             for fold, (train, valid) in enumerate(_folds(task, setup, data)):
                 callbacks = []
                 if run is not None:
-                    from fmnist.tracking import MlflowEpochLogger
-
                     prefix = f"fold{fold + 1}_" if setup.cv >= 2 else ""
                     callbacks.append(("mlflow", MlflowEpochLogger(run, prefix=prefix)))
                 net = _fold_net(task, setup, compute, train, valid, state.folds[fold] if state else None, callbacks)
