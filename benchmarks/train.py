@@ -2,19 +2,26 @@
 
     python benchmarks/train.py [--images 8192] [--epochs 2] [--device auto] > benchmarks/results/train.txt
 
+    python benchmarks/train.py --images 256 --valid 256 --epochs 1 --smoke   # does it run (2-3 min)
+
 Measures, in this one run (a shared machine drifts; ratios taken in one run hold):
   * the machine's matmul GFLOP/s (2048x2048, best of several), float32 and bfloat16,
   * (a) the seed notebook's way: a Dataset that resizes a PIL image per sample with
-    transforms.Resize(67) + ToTensor, skorch with its default DataLoader, batch 2048, float32,
+    transforms.Resize(67) + ToTensor, skorch with its default DataLoader, batch 2048, its model
+    (plain nn.Conv2d layers), in float32 (its default) and (a16) in the pipeline's precision
+    (autocast + channels-last, as the pipeline runs it): the data path compared like for like,
   * (b) this pipeline's train stage code with its default params (skorch, all callbacks,
     progress bar and MLflow logging into a throwaway store; model.precision as in params.yaml,
     which is bf16 mixed precision on a CPU with AMX or AVX512-BF16), and again in fp32,
   * (c) a plain PyTorch loop over the same tensors at the same batch size and precision as (b),
   * evaluate's prediction speed (batched, no grad), in the default precision and in fp32,
-  * peak memory of resize and train at 227 px (AlexNet) on a subset, extrapolated to 70k images.
-Each variant runs in its own process, so its peak memory is its own. The last line holds the
-headline figures; its peak_fraction is against the float32 matmul peak, so a train stage that
-computes in bf16 can pass 1 (the report prints its fraction of the bf16 peak too).
+  * AlexNet at 227 px: training images/s and fraction of the matmul peak (batch 64, one epoch),
+    and peak memory of resize and train on subsets, extrapolated to 70k images.
+Each variant runs in its own process, so its peak memory is its own. Each fraction of peak is
+against the matmul peak of the precision the variant ran in. The report names the layers that
+trained through the small-map convolution path (fmnist.model.small_map_conv2d). The last line
+holds the headline figures as key=value. ``--smoke`` shrinks the 227 px subsets, to check that
+everything runs; its figures are not for the record.
 """
 
 from __future__ import annotations
@@ -63,14 +70,14 @@ def matmul_gflops(n: int = 2048, repeats: int = 10, dtype: str = "float32") -> f
     return 2 * n**3 / best / 1e9
 
 
-def flops_per_image(size: int = 67) -> float:
-    """Forward + backward FLOPs of AlexNetSmall for one image, counted by torch."""
+def flops_per_image(model_name: str = "AlexNetSmall", size: int = 67) -> float:
+    """Forward + backward FLOPs of the model for one image, counted by torch."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from fmnist.model import AlexNetSmall
+    from fmnist.model import MODELS
 
-    model = AlexNetSmall(input_size=size)
+    model = MODELS[model_name](input_size=size)
     x = torch.rand(8, 1, size, size)
     with FlopCounterMode(display=False) as counter:
         model(x).sum().backward()
@@ -78,8 +85,6 @@ def flops_per_image(size: int = 67) -> float:
 
 
 def load_data(n_train: int, n_valid: int):
-    import numpy as np
-
     from fmnist.data import load_split
 
     data = ROOT / "data" / "split"
@@ -88,15 +93,47 @@ def load_data(n_train: int, n_valid: int):
     return images[:n_train], labels[:n_train], valid_images[:n_valid], valid_labels[:n_valid]
 
 
-def variant_seed(n_train: int, n_valid: int, epochs: int) -> dict:
-    """The notebook: PIL resize per sample in __getitem__, skorch's DataLoader, batch 2048."""
+def small_map_layers(module, size: int) -> str:
+    """The layers of ``module`` that train through the small-map convolution path at ``size`` px."""
+    import torch
+
+    from fmnist.model import ConvReLU
+
+    used, hooks = [], []
+    for name, m in module.named_modules():
+        if isinstance(m, ConvReLU):
+            hooks.append(m.register_forward_pre_hook(
+                lambda m, a, name=name: used.append(name) if m.uses_small_map_path(a[0]) else None))
+    mode = module.training
+    device = next(module.parameters()).device
+    module.train()(torch.rand(2, 1, size, size, device=device))
+    module.train(mode)
+    for h in hooks:
+        h.remove()
+    return ",".join(used) or "none"
+
+
+def plain_convolutions(module):
+    """``module`` with every convolution a plain ``nn.Conv2d``, as the notebook had them."""
+    from fmnist.model import ConvReLU
+
+    for m in module.modules():
+        if isinstance(m, ConvReLU):
+            m.small_map_side = 0
+    return module
+
+
+def variant_seed(n_train: int, n_valid: int, epochs: int, precision: str = "fp32") -> dict:
+    """The notebook: PIL resize per sample in __getitem__, skorch's DataLoader, batch 2048, plain
+    convolutions; in ``precision`` (bf16: autocast and channels-last, as the pipeline runs it)."""
     import torch
     from PIL import Image
-    from skorch import NeuralNetClassifier
     from skorch.helper import predefined_split
     from torchvision import transforms
 
+    from fmnist.compute import Compute
     from fmnist.model import AlexNetSmall
+    from fmnist.training import Classifier
 
     images, labels, v_images, v_labels = load_data(n_train, n_valid)
 
@@ -113,24 +150,29 @@ def variant_seed(n_train: int, n_valid: int, epochs: int) -> dict:
     trans = transforms.Compose([transforms.Resize(size=67), transforms.ToTensor()])
     train, valid = PackDataset(images, labels, trans), PackDataset(v_images, v_labels, trans)
     torch.manual_seed(0)
-    net = NeuralNetClassifier(AlexNetSmall, criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.Adam,
-                              lr=0.001, batch_size=2048, max_epochs=epochs, train_split=predefined_split(valid),
-                              classes=list(range(10)), device=DEVICE, verbose=0)
+    compute = Compute.resolve(precision, DEVICE)
+    # fmnist's Classifier is skorch's NeuralNetClassifier plus autocast and the layout; in fp32, it is skorch's
+    net = Classifier(lambda: plain_convolutions(AlexNetSmall()), criterion=torch.nn.CrossEntropyLoss,
+                     optimizer=torch.optim.Adam, lr=0.001, batch_size=2048, max_epochs=epochs,
+                     train_split=predefined_split(valid), classes=list(range(10)), compute=compute, verbose=0)
     start = time.perf_counter()
     net.fit(train, y=None)
     seconds = time.perf_counter() - start
-    return {"images_per_s": n_train * epochs / seconds, "seconds": seconds}
+    return {"images_per_s": n_train * epochs / seconds, "seconds": seconds, "precision": compute.precision,
+            "small_map": small_map_layers(net.module_, 67)}
 
 
 def variant_pipeline(n_train: int, n_valid: int, epochs: int, precision: str = "") -> dict:
     """The train stage's code path with the default params (``precision`` overrides
     model.precision): build_net + fit + MLflow logging."""
-    import numpy as np
-
+    from fmnist.batches import ImageSet
+    from fmnist.checkpoint import EpochCheckpoint
+    from fmnist.compute import Compute, seed_everything, set_threads
     from fmnist.data import resize_images
+    from fmnist.model import ModelSpec
     from fmnist.params import load_params
-    from fmnist.tracking import MlflowEpochLogger, Tracker
-    from fmnist.training import EpochCheckpoint, ImageSet, build_net, fit, seed_everything, set_threads
+    from fmnist.tracking import Tracker
+    from fmnist.training import MlflowEpochLogger, build_net, fit
 
     params = load_params(ROOT / "params.yaml")
     images, labels, v_images, v_labels = load_data(n_train, n_valid)
@@ -138,42 +180,42 @@ def variant_pipeline(n_train: int, n_valid: int, epochs: int, precision: str = "
     valid = ImageSet(resize_images(v_images, params.resize.size), v_labels)
     seed_everything(params.train.seed)
     set_threads(params.train.threads)
+    t = params.train
+    compute = Compute.resolve(precision or params.model.precision, DEVICE)
     with tempfile.TemporaryDirectory() as tmp:
         tracker = Tracker("benchmark", uri=f"sqlite:///{tmp}/mlflow.db")
         with tracker.run("benchmark") as run:
             ckpt = EpochCheckpoint(Path(tmp) / "ckpt", "benchmark")
-            t = params.train
-            net = build_net(model_name=params.model.name, input_size=params.resize.size, head=params.model.head,
-                            lrn=params.model.lrn, lr=t.lr, batch_size=t.batch_size, dropout=t.dropout,
-                            max_epochs=epochs, patience=t.patience, seed=t.seed, valid=valid,
-                            augment=t.augment, progress_bar=t.progress_bar,
-                            extra_callbacks=[("checkpoint", ckpt), ("mlflow", MlflowEpochLogger(run))],
-                            device=DEVICE, precision=precision or params.model.precision)
+            net = build_net(ModelSpec.of(params.model, params.resize.size, t.dropout), t.hyper_params(), compute,
+                            max_epochs=epochs, patience=t.patience, seed=t.seed, valid=valid, augment=t.augment,
+                            progress_bar=t.progress_bar,
+                            extra_callbacks=[("checkpoint", ckpt), ("mlflow", MlflowEpochLogger(run))])
             start = time.perf_counter()
             fit(net, train, ckpt, seed=t.seed)
             seconds = time.perf_counter() - start
-    return {"images_per_s": n_train * epochs / seconds, "seconds": seconds, "batch_size": params.train.batch_size,
-            "precision": net.precision}
+    return {"images_per_s": n_train * epochs / seconds, "seconds": seconds, "batch_size": t.batch_size,
+            "precision": compute.precision, "small_map": small_map_layers(net.module_, params.resize.size)}
 
 
 def variant_plain(n_train: int, n_valid: int, epochs: int, precision: str = "") -> dict:
     """A plain PyTorch loop: same model, tensors, batch size, precision and validation pass; no skorch."""
     import torch
 
+    from fmnist.batches import to_float
+    from fmnist.compute import Compute, set_threads
     from fmnist.data import resize_images
     from fmnist.model import AlexNetSmall
     from fmnist.params import load_params
-    from fmnist.training import autocast, resolve_precision, set_threads, to_compute_layout, to_float
 
     params = load_params(ROOT / "params.yaml")
-    precision = resolve_precision(precision or params.model.precision, DEVICE)
+    compute = Compute.resolve(precision or params.model.precision, DEVICE)
     images, labels, v_images, v_labels = load_data(n_train, n_valid)
     x = torch.from_numpy(resize_images(images, params.resize.size))
     y = torch.from_numpy(labels)
     vx = torch.from_numpy(resize_images(v_images, params.resize.size))
     set_threads(params.train.threads)
     torch.manual_seed(0)
-    model = to_compute_layout(AlexNetSmall(dropout=params.train.dropout).to(DEVICE), precision, DEVICE)
+    model = compute.layout(AlexNetSmall(dropout=params.train.dropout).to(DEVICE))
     opt = torch.optim.Adam(model.parameters(), lr=params.train.lr)
     loss_fn = torch.nn.CrossEntropyLoss()
     bs = params.train.batch_size
@@ -184,43 +226,44 @@ def variant_plain(n_train: int, n_valid: int, epochs: int, precision: str = "") 
         for s in range(0, len(y), bs):
             idx = order[s:s + bs]
             opt.zero_grad()
-            with autocast(precision, DEVICE):
+            with compute.autocast():
                 out = model(to_float(x[idx]).to(DEVICE))
             loss = loss_fn(out.float(), y[idx].to(DEVICE))
             loss.backward()
             opt.step()
             loss.item()  # as skorch does per batch: the loss for the log
         model.eval()
-        with torch.no_grad(), autocast(precision, DEVICE):
+        with torch.no_grad(), compute.autocast():
             for s in range(0, len(vx), bs):
                 model(to_float(vx[s:s + bs]).to(DEVICE)).cpu()
     sync()
     seconds = time.perf_counter() - start
-    return {"images_per_s": n_train * epochs / seconds, "seconds": seconds, "precision": precision}
+    return {"images_per_s": n_train * epochs / seconds, "seconds": seconds, "precision": compute.precision,
+            "small_map": small_map_layers(model, params.resize.size)}
 
 
 def variant_evaluate(n_test: int, precision: str = "") -> dict:
     import torch
 
+    from fmnist.compute import Compute, set_threads
     from fmnist.data import load_split, resize_images
     from fmnist.model import AlexNetSmall
     from fmnist.params import load_params
     from fmnist.predict import predict_proba
-    from fmnist.training import resolve_precision, set_threads
 
     params = load_params(ROOT / "params.yaml")
-    precision = resolve_precision(precision or params.model.precision, DEVICE)
+    compute = Compute.resolve(precision or params.model.precision, DEVICE)
     images, _ = load_split(ROOT / "data" / "split", "test")
     images = resize_images(images[:n_test], params.resize.size)
     set_threads(0)
     torch.manual_seed(0)
     model = AlexNetSmall().eval()
     batch = params.evaluate.batch_size
-    predict_proba(model, images[:batch], params.resize.size, batch, DEVICE, precision)
+    predict_proba(model, images[:batch], params.resize.size, compute, batch)
     start = time.perf_counter()
-    predict_proba(model, images, params.resize.size, batch, DEVICE, precision)
+    predict_proba(model, images, params.resize.size, compute, batch)
     seconds = time.perf_counter() - start
-    return {"images_per_s": n_test / seconds, "seconds": seconds, "precision": precision}
+    return {"images_per_s": n_test / seconds, "seconds": seconds, "precision": compute.precision}
 
 
 def write_resized(path: Path, images, size: int = 227) -> None:
@@ -262,22 +305,26 @@ def variant_train227(n: int, folder: str) -> dict:
     process, after :func:`variant_prep227`'s, so that its peak memory is the training's alone."""
     import torch
 
+    from fmnist.batches import ImageSet
+    from fmnist.compute import Compute, set_threads
     from fmnist.data import load_split
-    from fmnist.params import load_params
-    from fmnist.training import ImageSet, build_net, set_threads
+    from fmnist.model import ModelSpec
+    from fmnist.params import HyperParams, load_params
+    from fmnist.training import build_net
 
     base = peak_rss_mb()
     train = ImageSet(*load_split(folder, "train"))
     valid = ImageSet(*load_split(folder, "valid"))
     set_threads(0)
     torch.manual_seed(0)
-    net = build_net(model_name="AlexNet", input_size=227, head="linear", lrn=False, lr=1e-4, batch_size=64,
-                    dropout=0.5, max_epochs=1, patience=2, seed=0, valid=valid, device=DEVICE,
-                    precision=load_params(ROOT / "params.yaml").model.precision)
+    compute = Compute.resolve(load_params(ROOT / "params.yaml").model.precision, DEVICE)
+    net = build_net(ModelSpec("AlexNet", 227, 0.5), HyperParams(lr=1e-4, batch_size=64, dropout=0.5), compute,
+                    max_epochs=1, patience=2, seed=0, valid=valid)
     start = time.perf_counter()
     net.fit(train, y=None)
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "base_mb": base, "images_per_s": n / seconds, "precision": net.precision}
+    seconds = time.perf_counter() - start  # includes validation on 64 images
+    return {"seconds": seconds, "base_mb": base, "images_per_s": n / seconds, "precision": compute.precision,
+            "small_map": small_map_layers(net.module_, 227)}
 
 
 def run_train227(n: int, env: dict | None = None) -> dict:
@@ -286,7 +333,13 @@ def run_train227(n: int, env: dict | None = None) -> dict:
         return run_child("train227", n, tmp, env=env)
 
 
-VARIANTS = {"seed": variant_seed, "pipeline": variant_pipeline, "plain": variant_plain,
+def variant_flops(model_name: str, size: int) -> dict:
+    """In a child: a model at 227 px would raise the parent's resident memory, which every child
+    it starts inherits as its starting peak (Linux keeps ``ru_maxrss`` across ``execve``)."""
+    return {"flops": flops_per_image(model_name, size)}
+
+
+VARIANTS = {"flops": variant_flops, "seed": variant_seed, "pipeline": variant_pipeline, "plain": variant_plain,
             "evaluate": variant_evaluate, "resize227": variant_resize227, "prep227": variant_prep227,
             "train227": variant_train227}
 
@@ -306,6 +359,7 @@ def main() -> None:
     p.add_argument("--valid", type=int, default=2048, help="validation images per epoch")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto: cuda when there is one")
+    p.add_argument("--smoke", action="store_true", help="small 227 px subsets: check that it runs, not a record")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -329,31 +383,42 @@ def main() -> None:
     n = 8192 if DEVICE.startswith("cuda") else 2048  # a GPU needs a bigger product to reach its peak
     peak = matmul_gflops(n)
     peak_bf16 = matmul_gflops(n, dtype="bfloat16")
-    flops = flops_per_image()
+    flops = run_child("flops", "AlexNetSmall", 67)["flops"]
+    flops227 = run_child("flops", "AlexNet", 227)["flops"]
     where = torch.cuda.get_device_name(DEVICE) if DEVICE.startswith("cuda") else f"{torch.get_num_threads()} threads"
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, device {DEVICE} ({where})")
     print(f"matmul {n}x{n} float32: {peak:.0f} GFLOP/s; bfloat16: {peak_bf16:.0f} GFLOP/s")
-    print(f"AlexNetSmall at 67 px, forward + backward: {flops / 1e9:.3f} GFLOP per image")
+    print(f"forward + backward: AlexNetSmall at 67 px {flops / 1e9:.3f} GFLOP per image, "
+          f"AlexNet at 227 px {flops227 / 1e9:.3f}")
     print(f"training: {args.images} images x {args.epochs} epochs, validation on {args.valid} images per epoch\n")
+    peaks = {"fp32": peak, "bf16": peak_bf16}
     rows = {}
     sizes = (args.images, args.valid, args.epochs)
+    from fmnist.compute import Compute
+    from fmnist.params import load_params
+
+    default = Compute.resolve(load_params(ROOT / "params.yaml").model.precision, DEVICE).precision
     for key, (name, *extra), label in (
-            ("seed", ("seed",), "(a) seed notebook: PIL resize per sample + skorch, batch 2048, fp32"),
+            ("seed", ("seed", "fp32"), "(a) seed notebook: PIL resize per sample + skorch, batch 2048, plain convs"),
+            ("seed_same", ("seed", default), "(a16) seed notebook's way in the pipeline's default precision"),
             ("pipeline", ("pipeline",), "(b) pipeline train stage, default params"),
             ("plain", ("plain",), "(c) plain PyTorch loop, same batch size and precision as (b)"),
             ("pipeline_fp32", ("pipeline", "fp32"), "(b32) pipeline train stage, default params but fp32"),
             ("plain_fp32", ("plain", "fp32"), "(c32) plain PyTorch loop, fp32")):
+        if key == "seed_same" and default == "fp32":
+            rows[key] = rows["seed"]
+            continue
         rows[key] = r = run_child(name, *sizes, *extra)
-        r["peak_fraction"] = frac = r["images_per_s"] * flops / 1e9 / peak
-        of_bf16 = (f", {r['images_per_s'] * flops / 1e9 / peak_bf16 * 100:.1f}% of the bf16 peak"
-                   if r.get("precision") == "bf16" else "")
-        print(f"{label}{' [' + r['precision'] + ']' if 'precision' in r else ''}\n"
-              f"    {r['images_per_s']:7.0f} images/s   {frac * 100:5.1f}% of the fp32 matmul peak{of_bf16}   "
+        r["peak_fraction"] = frac = r["images_per_s"] * flops / 1e9 / peaks[r["precision"]]
+        print(f"{label} [{r['precision']}; small-map path: {r['small_map']}]\n"
+              f"    {r['images_per_s']:7.0f} images/s   {frac * 100:5.1f}% of the {r['precision']} matmul peak   "
               f"peak memory {r['peak_mb']:6.0f} MB"
               + (f" (GPU {r['gpu_peak_mb']:.0f} MB)" if "gpu_peak_mb" in r else "") + f"   ({r['seconds']:.1f} s)")
     ratio = rows["pipeline"]["images_per_s"] / rows["seed"]["images_per_s"]
-    print(f"\npipeline / seed = {ratio:.2f}x (in fp32 alone: "
-          f"{rows['pipeline_fp32']['images_per_s'] / rows['seed']['images_per_s']:.2f}x)")
+    same = rows["pipeline"]["images_per_s"] / rows["seed_same"]["images_per_s"]
+    print(f"\npipeline / seed, each in its default precision = {ratio:.2f}x; in the same precision "
+          f"({default}) = {same:.2f}x; in fp32 = "
+          f"{rows['pipeline_fp32']['images_per_s'] / rows['seed']['images_per_s']:.2f}x")
     for pipe, plain, what in (("pipeline", "plain", rows["pipeline"]["precision"]),
                               ("pipeline_fp32", "plain_fp32", "fp32")):
         overhead = 1 - rows[pipe]["images_per_s"] / rows[plain]["images_per_s"]
@@ -364,24 +429,38 @@ def main() -> None:
     print(f"evaluate: {ev['images_per_s']:.0f} images/s predicting 10000 test images [{ev['precision']}] "
           f"(fp32: {ev32['images_per_s']:.0f}); batched, no grad")
 
-    print("\nmemory at 227 px (AlexNet), measured on subsets, extrapolated linearly to 70k images:")
+    print("\nAlexNet at 227 px, memory measured on subsets, extrapolated linearly to 70k images:")
     # Sizes far enough apart that the data (50 KB per image) outweighs the allocator's noise. glibc's
     # malloc raises its mmap threshold as large blocks are freed, after which batch tensors come
     # from a heap that fragments: a peak that grows with the number of batches, not with the data.
     # MALLOC_MMAP_THRESHOLD_ fixed at 1 MiB keeps large blocks in mmap, returned when freed.
     fixed = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+    train227 = None
     for name, sizes, env, how in (("resize227", (2000, 8000), None, ""),
                                   ("train227", (256, 2048), None, ", glibc malloc defaults"),
                                   ("train227", (256, 2048), fixed, ", MALLOC_MMAP_THRESHOLD_=1048576")):
+        sizes = (64, 128) if args.smoke else sizes
         small, big = (run_train227(n, env) if name == "train227" else run_child(name, n) for n in sizes)
+        if name == "train227":
+            train227 = big
         per_image = (big["peak_mb"] - small["peak_mb"]) / (sizes[1] - sizes[0])
         at_70k = small["peak_mb"] + per_image * (70_000 - sizes[0])
         label = f"{name}{how}" + (f" [{big['precision']}]" if "precision" in big else "")
         print(f"  {label}:\n    peak {small['peak_mb']:.0f} MB at {sizes[0]} images, {big['peak_mb']:.0f} MB at "
               f"{sizes[1]}; {per_image * 1024:.0f} KB per image (uint8 is {227 * 227 / 1024:.0f} KB, "
               f"float32 {227 * 227 * 4 / 1024:.0f} KB) -> about {at_70k / 1024:.1f} GB at 70k images")
-    print(f"\npeak_fraction={rows['pipeline']['peak_fraction']:.3f} pipeline_vs_seed={ratio:.2f} "
-          f"eval_images_per_s={ev['images_per_s']:.0f}")
+    frac227 = train227["images_per_s"] * flops227 / 1e9 / peaks[train227["precision"]]
+    print(f"  train227 speed [{train227['precision']}; small-map path: {train227['small_map']}]: "
+          f"{train227['images_per_s']:.0f} images/s at batch 64 ({frac227 * 100:.1f}% of the "
+          f"{train227['precision']} matmul peak; AlexNetSmall at 67 px, (b): "
+          f"{rows['pipeline']['images_per_s']:.0f} images/s, {rows['pipeline']['peak_fraction'] * 100:.1f}%)")
+    bf16 = rows["pipeline"] if rows["pipeline"]["precision"] == "bf16" else None
+    print(f"\nbf16_peak_fraction={bf16['peak_fraction'] if bf16 else float('nan'):.3f} "
+          f"fp32_peak_fraction={rows['pipeline_fp32']['peak_fraction']:.3f} vs_seed_same_precision={same:.2f} "
+          f"vs_seed_defaults={ratio:.2f} eval_images_per_s={ev['images_per_s']:.0f} "
+          f"train_images_per_s={rows['pipeline']['images_per_s']:.0f} precision={rows['pipeline']['precision']} "
+          f"small_map={rows['pipeline']['small_map']} alexnet227_images_per_s={train227['images_per_s']:.0f} "
+          f"alexnet227_peak_fraction={frac227:.3f}")
 
 
 if __name__ == "__main__":
