@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fmnist.model import AlexNet, AlexNetSmall, ConvReLU, LinearReLU, feature_size, small_map_conv2d
+from fmnist.model import (AlexNet, AlexNetSmall, ConvReLU, LinearReLU, feature_size, small_map_conv2d,
+                          small_map_layers)
 
 
 @pytest.mark.parametrize("cls, size, first_linear", [(AlexNetSmall, 67, 256), (AlexNet, 227, 9216),
@@ -87,17 +88,13 @@ def test_small_map_conv2d_gradients_are_exact_in_float64():
 
 
 def test_small_map_path_runs_on_3x3_maps_in_training_only():
-    model = AlexNetSmall().train()
-    used = []
-    for name, m in model.named_modules():
-        if isinstance(m, ConvReLU):
-            m.register_forward_pre_hook(lambda m, a, name=name: used.append((name, m.uses_small_map_path(a[0]))))
-    model(torch.rand(2, 1, 67, 67))
-    assert used == [("c1", False), ("c2", False), ("c3", True), ("c4", True), ("c5", True)]
-    used.clear()
+    model = AlexNetSmall().eval()
+    assert small_map_layers(model, 67) == ["c3", "c4", "c5"]
+    assert not model.training  # left as it was
+    x = torch.rand(2, 256, 3, 3)
+    assert model.c3.uses_small_map_path(x)
     with torch.no_grad():  # prediction: the plain convolution (the forward pass is the same kernel)
-        model(torch.rand(2, 1, 67, 67))
-    assert not any(u for _, u in used)
+        assert not model.c3.uses_small_map_path(x)
     conv3 = ConvReLU(384, 384, kernel_size=3, padding=1)  # AlexNet's 13x13 maps at 227 px: oneDNN's own
     assert not conv3.uses_small_map_path(torch.rand(2, 384, 13, 13))  # weight gradient is faster there
     assert not ConvReLU(1, 96, kernel_size=11, stride=4).uses_small_map_path(torch.rand(2, 1, 3, 3))
@@ -151,3 +148,26 @@ def test_torchscript_takes_the_plain_convolution():
     x = torch.rand(4, 1, 67, 67)
     with torch.no_grad():
         torch.testing.assert_close(frozen(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_pooling_before_the_relu_gives_the_same_bits():
+    torch.manual_seed(0)
+    model = plain(AlexNetSmall(dropout=0.0)).to(memory_format=torch.channels_last)
+    x = torch.rand(8, 1, 67, 67)
+
+    def relu_then_pool(m, x):  # the layers in the order of the paper
+        x = m.p1(m.c1(x))
+        x = m.p2(m.c2(x))
+        return m.l3(m.l2(m.l1(m.flatten(m.p3(m.c5(m.c4(m.c3(x))))))))
+
+    for bf16 in (False, True):
+        outs, grads = [], []
+        for forward in (model, lambda x: relu_then_pool(model, x)):
+            model.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = forward(x)
+            out.float().square().sum().backward()
+            outs.append(out)
+            grads.append([p.grad.clone() for p in model.parameters()])
+        assert torch.equal(outs[0], outs[1])
+        assert all(torch.equal(a, b) for a, b in zip(*grads))

@@ -137,9 +137,13 @@ class ConvReLU(nn.Module):
         self.small_map_side = small_map_side_default()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.pre_activation(x))
+
+    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution's output, before the ReLU."""
         if not torch.jit.is_scripting() and self.uses_small_map_path(x):
-            return self.relu(self._small_map(x))
-        return self.relu(self.conv(x))
+            return self._small_map(x)
+        return self.conv(x)
 
     def uses_small_map_path(self, x: torch.Tensor) -> bool:
         """Whether ``x`` (``(B, C, H, W)``) goes through :func:`small_map_conv2d`."""
@@ -149,6 +153,29 @@ class ConvReLU(nn.Module):
     @torch.jit.unused
     def _small_map(self, x: torch.Tensor) -> torch.Tensor:
         return small_map_conv2d(x, self.conv.weight, self.conv.bias, self.conv.padding[0])
+
+
+def small_map_layers(module: nn.Module, input_size: int) -> list[str]:
+    """The :class:`ConvReLU` layers of ``module`` that take the small-map path in a training step
+    on ``input_size`` px images, where ``module``'s parameters are (one forward pass of 2 images)."""
+    used: list[str] = []
+    layers = [(name, m) for name, m in module.named_modules() if isinstance(m, ConvReLU)]
+    for name, m in layers:
+        def record(x: torch.Tensor, m: ConvReLU = m, name: str = name) -> bool:
+            taken = ConvReLU.uses_small_map_path(m, x)
+            if taken:
+                used.append(name)
+            return taken
+        m.uses_small_map_path = record  # an instance attribute shadows the method for this pass
+    training = module.training
+    try:
+        with torch.enable_grad():
+            module.train()(torch.rand(2, 1, input_size, input_size, device=next(module.parameters()).device))
+    finally:
+        module.train(training)
+        for _, m in layers:
+            del m.uses_small_map_path
+    return used
 
 
 class LinearReLU(nn.Module):
@@ -210,6 +237,9 @@ class AlexNetBase(nn.Module):
         side = feature_size(input_size)
         if side < 1:
             raise ValueError(f"input_size={input_size} is too small; allowed: {min_input_size()} or more")
+        # ReLU and max-pooling commute (bit for bit, gradients too): without LRN between them, conv1's
+        # and conv2's ReLU run after the pooling, on 4.6x and 5.4x fewer values (about 4% of a step)
+        self.pool_first = not lrn
         self.c1 = ConvReLU(1, 96, kernel_size=11, stride=4)
         self.n1 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0) if lrn else nn.Identity()
         self.p1 = nn.MaxPool2d(3, 2)
@@ -233,8 +263,12 @@ class AlexNetBase(nn.Module):
             raise ValueError(f"head={head!r}; allowed: 'linear', 'notebook'")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 1, S, S), S=67 for the small net
-        x = self.p1(self.n1(self.c1(x)))  # (B, 96, 7, 7)
-        x = self.p2(self.n2(self.c2(x)))  # (B, 256, 3, 3)
+        if self.pool_first:
+            x = self.c1.relu(self.p1(self.c1.pre_activation(x)))  # (B, 96, 7, 7)
+            x = self.c2.relu(self.p2(self.c2.pre_activation(x)))  # (B, 256, 3, 3)
+        else:
+            x = self.p1(self.n1(self.c1(x)))
+            x = self.p2(self.n2(self.c2(x)))
         x = self.p3(self.c5(self.c4(self.c3(x))))  # (B, 256, 1, 1)
         x = self.flatten(x)  # (B, 256)
         return self.l3(self.l2(self.l1(x)))  # (B, 10) logits
