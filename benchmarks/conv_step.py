@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from fmnist.compute import Compute, resolve_precision, set_threads  # noqa: E402
-from fmnist.model import MODELS, ConvReLU  # noqa: E402
+from fmnist.model import MODELS, ConvReLU, small_map_layers  # noqa: E402
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 8) -> float:
@@ -106,18 +106,6 @@ def set_path(module: torch.nn.Module, path: str) -> torch.nn.Module:
     return module
 
 
-def paths(module: torch.nn.Module, size: int) -> str:
-    """Which layers take the small-map path in training on ``size`` px (hooks on one forward)."""
-    used = []
-    hooks = [m.register_forward_pre_hook(
-        lambda m, a, name=name: used.append(name) if m.uses_small_map_path(a[0]) else None)
-        for name, m in module.named_modules() if isinstance(m, ConvReLU)]
-    module(torch.rand(2, 1, size, size))
-    for h in hooks:
-        h.remove()
-    return ",".join(used) or "none"
-
-
 def step_flops(module: torch.nn.Module, size: int) -> float:
     m = set_path(copy.deepcopy(module), "conv").train()
     with FlopCounterMode(display=False) as counter:
@@ -143,7 +131,7 @@ def main() -> None:
     print(f"{args.model} at {size} px, batch {args.batch}, {threads} threads, torch {torch.__version__}; "
           f"{flops / 1e9:.3f} GFLOP per image (forward + backward)")
     print(f"matmul 2048x2048: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
-    print(f"small-map path (training) on: {paths(copy.deepcopy(base), size)}\n")
+    print(f"small-map path (training) on: {','.join(small_map_layers(base, size)) or 'none'}\n")
     x = torch.rand(args.batch, 1, size, size)
     y = torch.randint(0, 10, (args.batch,))
     loss_fn = torch.nn.CrossEntropyLoss()

@@ -95,22 +95,9 @@ def load_data(n_train: int, n_valid: int):
 
 def small_map_layers(module, size: int) -> str:
     """The layers of ``module`` that train through the small-map convolution path at ``size`` px."""
-    import torch
+    from fmnist.model import small_map_layers as layers
 
-    from fmnist.model import ConvReLU
-
-    used, hooks = [], []
-    for name, m in module.named_modules():
-        if isinstance(m, ConvReLU):
-            hooks.append(m.register_forward_pre_hook(
-                lambda m, a, name=name: used.append(name) if m.uses_small_map_path(a[0]) else None))
-    mode = module.training
-    device = next(module.parameters()).device
-    module.train()(torch.rand(2, 1, size, size, device=device))
-    module.train(mode)
-    for h in hooks:
-        h.remove()
-    return ",".join(used) or "none"
+    return ",".join(layers(module, size)) or "none"
 
 
 def plain_convolutions(module):
