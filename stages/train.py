@@ -84,6 +84,7 @@ def main() -> None:
                           files=(args.history, args.metrics, args.params),
                           example=valid.images[:2].numpy(), registered_name=params.tracking.registered_model)
         write_run_id(args.run_id, run.id)
+    ckpt.finish(len(history))  # logged above; a finished run is never resumed, so DVC need not cache it
     print(f"best valid_acc={best['valid_acc']:.4f} at epoch {best['epoch']} of {len(history)} "
           f"({trained} trained now, {seconds:.0f} s)")
 

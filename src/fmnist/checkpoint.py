@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from skorch.callbacks import Callback
 
-from fmnist.files import save_torch
+from fmnist.files import read_json, save_torch, write_json
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,28 @@ class EpochCheckpoint(Callback):
     @property
     def best_path(self) -> Path:
         return Path(self.dirname) / "best.pt"
+
+    @property
+    def done_path(self) -> Path:
+        return Path(self.dirname) / "done.json"
+
+    def finish(self, epochs: int) -> None:
+        """The run is complete, and a complete run is never resumed: keep only a record of it.
+
+        ``last.pt`` (weights and Adam's state: 700 MB at 227 px) and ``best.pt`` (the model
+        file's weights again) would otherwise be cached by DVC on every run. ``done.json`` keeps
+        the folder non-empty, so DVC caches a folder and not nothing, and names the finished run.
+        """
+        write_json(self.done_path, {"fingerprint": self.fingerprint, "epochs": epochs})
+        self.last_path.unlink(missing_ok=True)
+        self.best_path.unlink(missing_ok=True)
+
+    def finished(self) -> bool:
+        """Whether the folder holds a finished run of this fingerprint (and nothing to resume)."""
+        try:
+            return read_json(self.done_path).get("fingerprint") == self.fingerprint
+        except (OSError, ValueError, AttributeError):
+            return False
 
     def on_epoch_end(self, net, **kwargs):
         if net.history[-1, self.monitor]:

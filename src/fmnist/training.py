@@ -190,6 +190,8 @@ def fit(net: NeuralNetClassifier, train: ImageSet, checkpoint: EpochCheckpoint |
     elif checkpoint is not None and checkpoint.last_path.exists():  # ignored: the net may be half restored
         seed_everything(seed)
         net.initialize()
+    elif checkpoint is not None and checkpoint.finished():  # EpochCheckpoint.finish left only a record
+        log.info("%s is of a finished run: training again from scratch", checkpoint.done_path)
     net.partial_fit(train, y=None, epochs=net.max_epochs - done)
     if checkpoint is not None:
         checkpoint.load_best(net)
