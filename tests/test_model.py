@@ -89,8 +89,9 @@ def test_small_map_conv2d_gradients_are_exact_in_float64():
 
 def test_small_map_path_runs_on_3x3_maps_in_training_only():
     model = AlexNetSmall().eval()
+    state = torch.random.get_rng_state()
     assert small_map_layers(model, 67) == ["c3", "c4", "c5"]
-    assert not model.training  # left as it was
+    assert not model.training and torch.equal(torch.random.get_rng_state(), state)  # left as they were
     x = torch.rand(2, 256, 3, 3)
     assert model.c3.uses_small_map_path(x)
     with torch.no_grad():  # prediction: the plain convolution (the forward pass is the same kernel)

@@ -168,8 +168,8 @@ def small_map_layers(module: nn.Module, input_size: int) -> list[str]:
             return taken
         m.uses_small_map_path = record  # an instance attribute shadows the method for this pass
     training = module.training
-    try:
-        with torch.enable_grad():
+    try:  # torch's random state is left as it was (the pass draws dropout masks)
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
             module.train()(torch.rand(2, 1, input_size, input_size, device=next(module.parameters()).device))
     finally:
         module.train(training)
