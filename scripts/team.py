@@ -471,14 +471,22 @@ def admin_request(stack: Stack, method: str, path: str, body: dict | None) -> di
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as err:
-        raise TeamError(f"MLflow {path} answered {err.code}: {err.read().decode(errors='replace')[:300]}") from None
+        body = err.read().decode(errors="replace")
+        with contextlib.suppress(ValueError, AttributeError):
+            body = json.loads(body).get("message", body)
+        raise TeamError(f"MLflow {path} answered {err.code}: {' '.join(body.split())[:300]}") from None
     except urllib.error.URLError as err:
         raise TeamError(f"MLflow server {stack.mlflow_url()} is unreachable ({err.reason})") from None
 
 
 def add_user(stack: Stack, name: str, password: str | None) -> None:
     password = password or secrets.token_hex(16)
-    admin_request(stack, "POST", "/api/2.0/mlflow/users/create", {"username": name, "password": password})
+    try:
+        admin_request(stack, "POST", "/api/2.0/mlflow/users/create", {"username": name, "password": password})
+    except TeamError as err:
+        if "already exists" in str(err):
+            raise TeamError(f"MLflow user {name!r} already exists") from None
+        raise
     print(f"MLFLOW_TRACKING_USERNAME={name} MLFLOW_TRACKING_PASSWORD={password}")
 
 
@@ -487,13 +495,17 @@ def grant(stack: Stack, name: str, permission: str, experiment: str) -> None:
     runs into it, and also change its runs; MANAGE adds deleting and granting)."""
     query = urllib.parse.urlencode({"experiment_name": experiment})
     found = admin_request(stack, "GET", f"/api/2.0/mlflow/experiments/get-by-name?{query}", None)
-    body = {"experiment_id": found["experiment"]["experiment_id"], "username": name, "permission": permission}
+    # MLflow 3's one grant endpoint for every resource type (it replaces or adds the permission)
+    body = {"username": name, "resource_type": "experiment",
+            "resource_id": found["experiment"]["experiment_id"], "permission": permission}
     try:
-        admin_request(stack, "POST", "/api/2.0/mlflow/experiments/permissions/create", body)
+        admin_request(stack, "POST", "/api/3.0/mlflow/users/permissions/grant", body)
     except TeamError as err:
-        if "already exists" not in str(err).lower() and "RESOURCE_ALREADY_EXISTS" not in str(err):
+        if "already exists" not in str(err):
             raise
-        admin_request(stack, "PATCH", "/api/2.0/mlflow/experiments/permissions/update", body)
+        revoke = {k: body[k] for k in ("username", "resource_type", "resource_id")}
+        admin_request(stack, "POST", "/api/3.0/mlflow/users/permissions/revoke", revoke)
+        admin_request(stack, "POST", "/api/3.0/mlflow/users/permissions/grant", body)
     print(f"{name}: {permission} on experiment {experiment!r}")
 
 
