@@ -44,7 +44,8 @@ def exp_show(repo: Path) -> dict[str, dict]:
 
 
 def metrics_files(repo: Path) -> dict[str, dict]:
-    return {p: json.loads((repo / p).read_text()) for p in ("metrics/train.json", "metrics/evaluate.json")}
+    """Every metrics file of the repo (train, evaluate, the MLflow run id) by its path."""
+    return {f"metrics/{p.name}": json.loads(p.read_text()) for p in sorted((repo / "metrics").glob("*.json"))}
 
 
 def commit_all(repo: Path, message: str) -> str:
