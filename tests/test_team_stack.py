@@ -525,3 +525,20 @@ def test_four_queued_experiments_log_every_metric(stack, accounts, round_trip):
         for key in ("train_loss", "valid_loss", "train_acc", "valid_acc", "lr"):
             assert metric_steps(stack, "alice", accounts["alice"], run_id, key) == [1, 2], (name, key)
         assert "test_accuracy" in {m["key"] for m in by_stage["evaluate"]["data"]["metrics"]}, name
+
+
+# --- last, since it widens bob's rights ------------------------------------------------------------
+
+def test_grant_edit_lets_a_teammate_log_into_the_experiment(stack, accounts, round_trip):
+    experiment = api(stack, "bob", accounts["bob"], "GET", "experiments/get-by-name",
+                     params={"experiment_name": EXPERIMENT}).json()["experiment"]["experiment_id"]
+    body = {"experiment_id": experiment, "run_name": "bob-tries"}
+    assert api(stack, "bob", accounts["bob"], "POST", "runs/create", json=body).status_code == 403
+    assert stack.script("grant", "bob", "EDIT").stdout.strip() == f"bob: EDIT on experiment '{EXPERIMENT}'"
+    assert stack.script("grant", "bob", "EDIT").returncode == 0  # again: the same, no error
+    created = api(stack, "bob", accounts["bob"], "POST", "runs/create", json=body)
+    assert created.status_code == 200, created.text
+    run_id = created.json()["run"]["info"]["run_id"]
+    logged = api(stack, "bob", accounts["bob"], "POST", "runs/log-metric",
+                 json={"run_id": run_id, "key": "x", "value": 1.0, "timestamp": 0, "step": 0})
+    assert logged.status_code == 200, logged.text
