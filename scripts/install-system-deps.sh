@@ -10,7 +10,7 @@ command -v npm >/dev/null 2>&1 || need+=(npm)  # vega for offline `dvc plots sho
 command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null 2>&1; then
-    echo "note: apt-get not available; browser tests will be skipped" >&2
+    echo "note: apt-get not available to install ${need[*]}; the tests that need them skip (and fail under CI=true)" >&2
     exit 0
   fi
   sudo=""
