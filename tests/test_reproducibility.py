@@ -153,4 +153,9 @@ def test_bad_param_stops_the_stage_with_one_line(reference):
     assert not list((repo / "models").glob("*.tmp"))  # nothing half written
     (repo / "params.yaml").write_text(params)
     sh(repo, "dvc", "repro")  # fixed: the same outputs come back, nothing lost
-    assert lock_outs(repo) == before
+    after = lock_outs(repo)
+    # DVC removed train's outputs before the failed run; those not in its cache (cache: false) are
+    # made again, by a new MLflow run with a new id: all the same but metrics/mlflow.json
+    assert {k: v for k, v in after.items() if k != "metrics/mlflow.json"} == \
+        {k: v for k, v in before.items() if k != "metrics/mlflow.json"}
+    assert set(after) == set(before)
