@@ -1,14 +1,16 @@
-"""One training step, side by side on the same batch: today's convolutions, the small-map path,
-the dense-matrix idea, and Adam's foreach and fused kernels.
+"""One training step, side by side on the same batch: plain convolutions, the small-map and matmul
+paths, the dense-matrix idea, and Adam's foreach and fused kernels.
 
     python benchmarks/conv_step.py [--batch 256] [--rounds 6] [--steps 4] [--threads 0]
     python benchmarks/conv_step.py --model AlexNet --batch 64 --rounds 3 --steps 2
 
 Builds the model once and copies it per variant, same weights: ``conv`` (every layer a plain
-``nn.Conv2d``, as before), ``small-map`` (the model's default: :func:`fmnist.model.small_map_conv2d`
-on the 3x3 maps of AlexNetSmall), ``dense`` (those layers as one matrix product each instead,
-:func:`dense_conv2d` below: the issue's first idea, kept here to measure), and ``small-map`` with
-Adam's ``foreach`` and ``fused`` kernels. Each takes the same training step (autocast forward,
+``nn.Conv2d``), ``small-map`` (:func:`fmnist.model.small_map_conv2d` on AlexNetSmall's 3x3 maps:
+oneDNN's forward and input gradient, the weight gradient as a forward convolution), ``matmul``
+(:func:`fmnist.model.matmul_conv2d`, im2col GEMMs, on the 3x3 maps and conv1), ``dense`` (the 3x3
+maps as one dense matrix product each, :func:`dense_conv2d` below: the issue's first idea, kept
+here to measure), ``default`` (the model's own choice: matmul in bf16, small-map in fp32), and
+``default`` with Adam's ``foreach`` and ``fused`` kernels. Each takes the same training step (autocast forward,
 fp32 loss, backward, Adam) on the same random batch, in turns, round after round, in bf16 (where
 the CPU has it natively) and in fp32. A shared machine slows the variants alike within a round,
 so the ratios of the medians are what count, by wall clock and by this process's CPU time (less
@@ -32,7 +34,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from fmnist.compute import Compute, resolve_precision, set_threads  # noqa: E402
-from fmnist.model import MODELS, ConvReLU, small_map_layers  # noqa: E402
+from fmnist.model import MODELS, ConvReLU, fast_paths  # noqa: E402
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 8) -> float:
@@ -96,13 +98,20 @@ def dense_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 
 def set_path(module: torch.nn.Module, path: str) -> torch.nn.Module:
-    """``conv``: plain convolutions; ``small-map``: the model's default; ``dense``: the 3x3 maps
-    through :func:`dense_conv2d` instead."""
+    """``conv``: plain convolutions; ``default``: the model's own choice per layer and precision;
+    ``small-map``, ``matmul``, ``dense``: that path on the 3x3 maps in either precision (and
+    ``matmul`` on conv1 too), to see each one where the model does not take it."""
     for m in module.modules():
         if isinstance(m, ConvReLU):
-            m.small_map_side = 0 if path == "conv" else 3
-            if path == "dense":
-                m._small_map = lambda x, c=m.conv: dense_conv2d(x, c.weight, c.bias, c.padding[0])
+            m.fast_paths = path != "conv"
+            if path in ("small-map", "matmul", "dense"):
+                def forced(x, m=m, path=path):
+                    training = x.device.type == "cpu" and torch.is_grad_enabled()
+                    wanted = (m.same_size and max(x.shape[-2:]) <= 3) or (path == "matmul" and m.conv.in_channels == 1)
+                    return path if training and wanted else "plain"
+                m.path = forced
+                if path == "dense":
+                    m._fast = lambda x, _path, c=m.conv: dense_conv2d(x, c.weight, c.bias, c.padding[0])
     return module
 
 
@@ -131,7 +140,8 @@ def main() -> None:
     print(f"{args.model} at {size} px, batch {args.batch}, {threads} threads, torch {torch.__version__}; "
           f"{flops / 1e9:.3f} GFLOP per image (forward + backward)")
     print(f"matmul 2048x2048: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
-    print(f"small-map path (training) on: {','.join(small_map_layers(base, size)) or 'none'}\n")
+    print(f"the model's own fast paths (training): fp32 {fast_paths(base, size) or 'none'}, bf16 "
+          f"{fast_paths(base, size, torch.autocast('cpu', dtype=torch.bfloat16)) or 'none'}\n")
     x = torch.rand(args.batch, 1, size, size)
     y = torch.randint(0, 10, (args.batch,))
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -141,8 +151,9 @@ def main() -> None:
         compute = Compute("cpu", precision)
         variants = {}
         for name, path, adam in (("conv", "conv", {}), ("dense", "dense", {}), ("small-map", "small-map", {}),
-                                 ("small-map+foreach", "small-map", {"foreach": True}),
-                                 ("small-map+fused", "small-map", {"fused": True})):
+                                 ("matmul", "matmul", {}), ("default", "default", {}),
+                                 ("default+foreach", "default", {"foreach": True}),
+                                 ("default+fused", "default", {"fused": True})):
             model = compute.layout(set_path(copy.deepcopy(base), path)).train()
             opt = torch.optim.Adam(model.parameters(), lr=1e-3, **adam)
             variants[name] = (model, opt)

@@ -19,7 +19,7 @@ Measures, in this one run (a shared machine drifts; ratios taken in one run hold
     and peak memory of resize and train on subsets, extrapolated to 70k images.
 Each variant runs in its own process, so its peak memory is its own. Each fraction of peak is
 against the matmul peak of the precision the variant ran in. The report names the layers that
-trained through the small-map convolution path (fmnist.model.small_map_conv2d). The last line
+trained through a fast convolution path, and which (fmnist.model.ConvReLU.path). The last line
 holds the headline figures as key=value. ``--smoke`` shrinks the 227 px subsets, to check that
 everything runs; its figures are not for the record.
 """
@@ -93,11 +93,11 @@ def load_data(n_train: int, n_valid: int):
     return images[:n_train], labels[:n_train], valid_images[:n_valid], valid_labels[:n_valid]
 
 
-def small_map_layers(module, size: int) -> str:
-    """The layers of ``module`` that train through the small-map convolution path at ``size`` px."""
-    from fmnist.model import small_map_layers as layers
+def fast_paths(module, size: int, compute) -> str:
+    """The layers of ``module`` that train through a fast convolution path at ``size`` px, and which."""
+    from fmnist.model import fast_paths as paths
 
-    return ",".join(layers(module, size)) or "none"
+    return ",".join(f"{layer}:{path}" for layer, path in paths(module, size, compute.autocast()).items()) or "none"
 
 
 def plain_convolutions(module):
@@ -106,7 +106,7 @@ def plain_convolutions(module):
 
     for m in module.modules():
         if isinstance(m, ConvReLU):
-            m.small_map_side = 0
+            m.fast_paths = False
     return module
 
 
@@ -146,7 +146,7 @@ def variant_seed(n_train: int, n_valid: int, epochs: int, precision: str = "fp32
     net.fit(train, y=None)
     seconds = time.perf_counter() - start
     return {"images_per_s": n_train * epochs / seconds, "seconds": seconds, "precision": compute.precision,
-            "small_map": small_map_layers(net.module_, 67)}
+            "fast_paths": fast_paths(net.module_, 67, compute)}
 
 
 def variant_pipeline(n_train: int, n_valid: int, epochs: int, precision: str = "") -> dict:
@@ -181,11 +181,11 @@ def variant_pipeline(n_train: int, n_valid: int, epochs: int, precision: str = "
             fit(net, train, ckpt, seed=t.seed)
             seconds = time.perf_counter() - start
     return {"images_per_s": n_train * epochs / seconds, "seconds": seconds, "batch_size": t.batch_size,
-            "precision": compute.precision, "small_map": small_map_layers(net.module_, params.resize.size)}
+            "precision": compute.precision, "fast_paths": fast_paths(net.module_, params.resize.size, compute)}
 
 
 def variant_plain(n_train: int, n_valid: int, epochs: int, precision: str = "") -> dict:
-    """A plain PyTorch loop: same model, tensors, batch size, precision and validation pass; no skorch."""
+    """A plain PyTorch loop: same model, tensors, batch size, precision, fused Adam and validation pass; no skorch."""
     import torch
 
     from fmnist.batches import to_float
@@ -203,7 +203,7 @@ def variant_plain(n_train: int, n_valid: int, epochs: int, precision: str = "") 
     set_threads(params.train.threads)
     torch.manual_seed(0)
     model = compute.layout(AlexNetSmall(dropout=params.train.dropout).to(DEVICE))
-    opt = torch.optim.Adam(model.parameters(), lr=params.train.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=params.train.lr, fused=True)  # as build_net
     loss_fn = torch.nn.CrossEntropyLoss()
     bs = params.train.batch_size
     start = time.perf_counter()
@@ -226,7 +226,7 @@ def variant_plain(n_train: int, n_valid: int, epochs: int, precision: str = "") 
     sync()
     seconds = time.perf_counter() - start
     return {"images_per_s": n_train * epochs / seconds, "seconds": seconds, "precision": compute.precision,
-            "small_map": small_map_layers(model, params.resize.size)}
+            "fast_paths": fast_paths(model, params.resize.size, compute)}
 
 
 def variant_evaluate(n_test: int, precision: str = "") -> dict:
@@ -311,7 +311,7 @@ def variant_train227(n: int, folder: str) -> dict:
     net.fit(train, y=None)
     seconds = time.perf_counter() - start  # includes validation on 64 images
     return {"seconds": seconds, "base_mb": base, "images_per_s": n / seconds, "precision": compute.precision,
-            "small_map": small_map_layers(net.module_, 227)}
+            "fast_paths": fast_paths(net.module_, 227, compute)}
 
 
 def run_train227(n: int, env: dict | None = None) -> dict:
@@ -397,7 +397,7 @@ def main() -> None:
             continue
         rows[key] = r = run_child(name, *sizes, *extra)
         r["peak_fraction"] = frac = r["images_per_s"] * flops / 1e9 / peaks[r["precision"]]
-        print(f"{label} [{r['precision']}; small-map path: {r['small_map']}]\n"
+        print(f"{label} [{r['precision']}; fast paths: {r['fast_paths']}]\n"
               f"    {r['images_per_s']:7.0f} images/s   {frac * 100:5.1f}% of the {r['precision']} matmul peak   "
               f"peak memory {r['peak_mb']:6.0f} MB"
               + (f" (GPU {r['gpu_peak_mb']:.0f} MB)" if "gpu_peak_mb" in r else "") + f"   ({r['seconds']:.1f} s)")
@@ -437,7 +437,7 @@ def main() -> None:
               f"{sizes[1]}; {per_image * 1024:.0f} KB per image (uint8 is {227 * 227 / 1024:.0f} KB, "
               f"float32 {227 * 227 * 4 / 1024:.0f} KB) -> about {at_70k / 1024:.1f} GB at 70k images")
     frac227 = train227["images_per_s"] * flops227 / 1e9 / peaks[train227["precision"]]
-    print(f"  train227 speed [{train227['precision']}; small-map path: {train227['small_map']}]: "
+    print(f"  train227 speed [{train227['precision']}; fast paths: {train227['fast_paths']}]: "
           f"{train227['images_per_s']:.0f} images/s at batch 64 ({frac227 * 100:.1f}% of the "
           f"{train227['precision']} matmul peak; AlexNetSmall at 67 px, (b): "
           f"{rows['pipeline']['images_per_s']:.0f} images/s, {rows['pipeline']['peak_fraction'] * 100:.1f}%)")
@@ -446,7 +446,7 @@ def main() -> None:
           f"fp32_peak_fraction={rows['pipeline_fp32']['peak_fraction']:.3f} vs_seed_same_precision={same:.2f} "
           f"vs_seed_defaults={ratio:.2f} eval_images_per_s={ev['images_per_s']:.0f} "
           f"train_images_per_s={rows['pipeline']['images_per_s']:.0f} precision={rows['pipeline']['precision']} "
-          f"small_map={rows['pipeline']['small_map']} alexnet227_images_per_s={train227['images_per_s']:.0f} "
+          f"fast_paths={rows['pipeline']['fast_paths']} alexnet227_images_per_s={train227['images_per_s']:.0f} "
           f"alexnet227_peak_fraction={frac227:.3f}")
 
 

@@ -9,6 +9,7 @@ negative and dropout zeroes whole class scores, which cripples training. The def
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
@@ -63,8 +64,9 @@ class ModelSpec:
 class _SmallMapConv2d(torch.autograd.Function):
     """A stride-1 "same" ``conv2d`` whose weight gradient is computed as a forward convolution.
 
-    oneDNN's weight-gradient kernels do poorly on maps of a few pixels: for AlexNetSmall's three
-    3x3 convolutions on 3x3 maps they take most of a training step, 5-7 times their forward pass.
+    The fp32 path on AlexNetSmall's 3x3 maps (in bf16 :class:`_MatmulConv2d` is faster). oneDNN's
+    weight-gradient kernels do poorly on maps of a few pixels: for the three 3x3 convolutions on 3x3
+    maps they take 5-7 times their forward pass.
     The weight gradient of a convolution is itself a convolution, of the input by the output's
     gradient with the batch as the summed channel: ``grad_w[o, i] = sum_b x[b, i] * g[b, o]``,
     i.e. ``conv2d(x.transpose(0, 1), g.transpose(0, 1), padding=p).transpose(0, 1)``, which runs as
@@ -106,22 +108,89 @@ def small_map_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return _SmallMapConv2d.apply(x, weight, bias, padding)
 
 
-def small_map_side_default() -> int:
-    """Largest map side on which :class:`ConvReLU` takes :func:`small_map_conv2d` on the CPU: 3,
-    where it trains AlexNetSmall's 3x3 layers faster in bf16 and fp32 (benchmarks/conv_step.py).
-    On AlexNet's 13x13 maps (227 px) oneDNN's own weight gradient is 5x as fast as the forward
-    convolution's, and 7x7 (AlexNetSmall's conv2) is a loss too, so larger maps keep it."""
-    return 3
+class _MatmulConv2d(torch.autograd.Function):
+    """A convolution as one matrix product (im2col), and its weight gradient as another.
+
+    The bf16 path. oneDNN's bf16 kernels do poorly on AlexNetSmall's small problems: on the 3x3
+    maps of conv3-conv5 the weight gradient takes 5-7 times the forward pass and the forward pass
+    itself runs at a quarter of the matmul peak; conv1's weight gradient (11x11, stride 4, one
+    input channel) costs seven times its forward pass. Laid out as matrices they are plain GEMMs:
+    ``cols`` holds one row per output pixel and one column per (kernel row, kernel column, input
+    channel), gathered from the input; the forward pass is ``cols @ W``, written straight into a
+    channels-last output, and the weight gradient ``grad^T @ cols``, both operands row-major (a
+    transposed bf16 operand halves the GEMM's speed on AMX). The input gradient is oneDNN's own
+    backward-data kernel. Same parameters as ``nn.Conv2d``, same results up to float rounding.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride: int, padding: int):
+        batch, channels, height, width = x.shape
+        out_channels, _, k, _ = weight.shape
+        out_h, out_w = (height + 2 * padding - k) // stride + 1, (width + 2 * padding - k) // stride + 1
+        padded = nn.functional.pad(x, (padding,) * 4) if padding else x
+        cols = (padded.permute(0, 2, 3, 1).unfold(1, k, stride).unfold(2, k, stride)  # (B, Ho, Wo, C, k, k)
+                .permute(0, 1, 2, 4, 5, 3).reshape(batch * out_h * out_w, k * k * channels))
+        w_rows = weight.permute(2, 3, 1, 0).reshape(k * k * channels, out_channels)
+        out = torch.empty(batch, out_channels, out_h, out_w, dtype=cols.dtype, device=x.device,
+                          memory_format=torch.channels_last)
+        rows = out.permute(0, 2, 3, 1).view(-1, out_channels)
+        torch.mm(cols, w_rows, out=rows) if bias is None else torch.addmm(bias, cols, w_rows, out=rows)
+        ctx.save_for_backward(cols, x if ctx.needs_input_grad[0] else None, weight)
+        ctx.geometry = (k, stride, padding)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        cols, x, weight = ctx.saved_tensors
+        k, s, p = ctx.geometry
+        out_channels, channels = weight.shape[:2]
+        grad_t = grad.permute(1, 0, 2, 3).reshape(out_channels, -1)  # (O, B*Ho*Wo)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [s, s], [p, p], [1, 1], False, [0, 0], 1, [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            grad_w = (grad_t @ cols).view(out_channels, k, k, channels).permute(0, 3, 1, 2)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_t.sum(1)
+        return grad_x, grad_w, grad_b, None, None
+
+
+def _in_autocast_dtype(*tensors: torch.Tensor | None) -> tuple:
+    """``tensors`` in the autocast dtype when autocast is on, as ``F.conv2d`` would compute."""
+    device = tensors[0].device.type
+    if not torch.is_autocast_enabled(device):
+        return tensors
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(None if t is None else t.to(dtype) for t in tensors)
+
+
+def matmul_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int = 1,
+                  padding: int = 0) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, stride, padding)`` (square kernel and stride, groups and
+    dilation 1) computed by :class:`_MatmulConv2d`."""
+    return _MatmulConv2d.apply(*_in_autocast_dtype(x, weight, bias), stride, padding)
+
+
+def small_map_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, padding=padding)`` (stride 1, odd square kernel, output as large
+    as the input) computed by :class:`_SmallMapConv2d`."""
+    return _SmallMapConv2d.apply(*_in_autocast_dtype(x, weight, bias), padding)
 
 
 class ConvReLU(nn.Module):
     """Conv2d + ReLU, He (Kaiming normal) init, zero bias.
 
-    On the CPU, a stride-1 "same" convolution on a map of side ``small_map_side`` or less trains
-    through :func:`small_map_conv2d`: the same ``nn.Conv2d`` parameters and state dict, the same
-    outputs and gradients (to float rounding), a faster weight gradient. ``small_map_side = 0``
-    gives the plain convolution everywhere. TorchScript always takes the plain convolution (what
-    ``torch.jit.freeze`` fuses with the ReLU for inference), and so does a pass without gradients.
+    In training on the CPU, :meth:`path` picks what measured fastest (``benchmarks/conv_step.py``,
+    side by side): in bf16, :func:`matmul_conv2d` for a stride-1 "same" convolution on a map of
+    3 px or less (AlexNetSmall's conv3-conv5) and for a one-channel input (conv1); in fp32,
+    :func:`small_map_conv2d` for the small maps. Everywhere else oneDNN's own kernels are faster
+    (conv2 on 7x7 maps, AlexNet's 13x13 maps at 227 px, conv1 in fp32). The parameters and state
+    dict are the ``nn.Conv2d``'s, the outputs and gradients the same to float rounding.
+    ``fast_paths = False`` gives the plain convolution everywhere. TorchScript always takes the
+    plain convolution (what ``torch.jit.freeze`` fuses with the ReLU for inference), and so does a
+    pass without gradients.
     """
 
     def __init__(self, in_channels: int, out_channels: int, **conv_kwargs):
@@ -132,49 +201,61 @@ class ConvReLU(nn.Module):
         nn.init.zeros_(self.conv.bias)
         c = self.conv
         k = c.kernel_size[0]
-        self.same_size = (k % 2 == 1 and c.kernel_size == (k, k) and c.stride == (1, 1) and c.dilation == (1, 1)
-                          and c.groups == 1 and c.padding == (k // 2, k // 2) and c.padding_mode == "zeros")
-        self.small_map_side = small_map_side_default()
+        self.plain_geometry = (c.kernel_size == (k, k) and c.stride[0] == c.stride[1] and c.dilation == (1, 1)
+                               and c.groups == 1 and c.padding[0] == c.padding[1] and c.padding_mode == "zeros")
+        self.same_size = self.plain_geometry and k % 2 == 1 and c.stride == (1, 1) and c.padding == (k // 2, k // 2)
+        self.fast_paths = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.pre_activation(x))
 
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution's output, before the ReLU."""
-        if not torch.jit.is_scripting() and self.uses_small_map_path(x):
-            return self._small_map(x)
+        if not torch.jit.is_scripting():
+            path = self.path(x)
+            if path != "plain":
+                return self._fast(x, path)
         return self.conv(x)
 
-    def uses_small_map_path(self, x: torch.Tensor) -> bool:
-        """Whether ``x`` (``(B, C, H, W)``) goes through :func:`small_map_conv2d`."""
-        return (self.same_size and x.device.type == "cpu" and torch.is_grad_enabled()
-                and max(x.shape[-2], x.shape[-1]) <= self.small_map_side)
+    def path(self, x: torch.Tensor) -> str:
+        """How ``x`` (``(B, C, H, W)``) is convolved: ``"matmul"``, ``"small-map"`` or ``"plain"``."""
+        if not (self.fast_paths and self.plain_geometry and x.device.type == "cpu" and torch.is_grad_enabled()):
+            return "plain"
+        small_map = self.same_size and max(x.shape[-2], x.shape[-1]) <= 3
+        if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+            return "matmul" if small_map or self.conv.in_channels == 1 else "plain"
+        return "small-map" if small_map else "plain"
 
     @torch.jit.unused
-    def _small_map(self, x: torch.Tensor) -> torch.Tensor:
-        return small_map_conv2d(x, self.conv.weight, self.conv.bias, self.conv.padding[0])
+    def _fast(self, x: torch.Tensor, path: str) -> torch.Tensor:
+        c = self.conv
+        if path == "matmul":
+            return matmul_conv2d(x, c.weight, c.bias, c.stride[0], c.padding[0])
+        return small_map_conv2d(x, c.weight, c.bias, c.padding[0])
 
 
-def small_map_layers(module: nn.Module, input_size: int) -> list[str]:
-    """The :class:`ConvReLU` layers of ``module`` that take the small-map path in a training step
-    on ``input_size`` px images, where ``module``'s parameters are (one forward pass of 2 images)."""
-    used: list[str] = []
+def fast_paths(module: nn.Module, input_size: int, autocast: Any = None) -> dict[str, str]:
+    """``{layer: path}`` for the :class:`ConvReLU` layers of ``module`` that take a fast path in a
+    training step on ``input_size`` px images under ``autocast`` (a context manager, such as
+    ``Compute.autocast()``; none: full precision), where ``module``'s parameters are (one forward
+    pass of 2 images)."""
+    used: dict[str, str] = {}
     layers = [(name, m) for name, m in module.named_modules() if isinstance(m, ConvReLU)]
     for name, m in layers:
-        def record(x: torch.Tensor, m: ConvReLU = m, name: str = name) -> bool:
-            taken = ConvReLU.uses_small_map_path(m, x)
-            if taken:
-                used.append(name)
-            return taken
-        m.uses_small_map_path = record  # an instance attribute shadows the method for this pass
+        def record(x: torch.Tensor, m: ConvReLU = m, name: str = name) -> str:
+            path = ConvReLU.path(m, x)
+            if path != "plain":
+                used[name] = path
+            return path
+        m.path = record  # an instance attribute shadows the method for this pass
     training = module.training
     try:  # torch's random state is left as it was (the pass draws dropout masks)
-        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        with torch.random.fork_rng(devices=[]), torch.enable_grad(), autocast or contextlib.nullcontext():
             module.train()(torch.rand(2, 1, input_size, input_size, device=next(module.parameters()).device))
     finally:
         module.train(training)
         for _, m in layers:
-            del m.uses_small_map_path
+            del m.path
     return used
 
 

@@ -137,6 +137,9 @@ def build_net(spec: ModelSpec, hp: HyperParams, compute: Compute, *, max_epochs:
         **{f"module__{k}": v for k, v in spec.module_kwargs().items()},
         criterion=nn.CrossEntropyLoss,
         optimizer=torch.optim.Adam,
+        # one kernel per step over all parameters instead of a dozen tensor ops per parameter:
+        # at 227 px (58M parameters) the for-loop Adam costs a third of a CPU training step
+        optimizer__fused=True,
         lr=hp.lr,
         batch_size=hp.batch_size,
         max_epochs=max_epochs,
