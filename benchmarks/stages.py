@@ -2,8 +2,9 @@
 
     python benchmarks/stages.py -- dvc exp run $(python -m fmnist.profiles alexnet227) -n alexnet227
 
-Runs the command and polls /proc every half second. A process whose command line names
-``stages/<name>.py`` belongs to stage ``<name>``, with all its descendants (search's workers).
+Runs the command and polls /proc every half second. A process running the script
+``stages/<name>.py`` (its first or second argument, as in ``python stages/train.py ...``) belongs
+to stage ``<name>``, with all its descendants (search's workers).
 Per stage it reports wall time (first to last sighting) and peak resident memory: the largest
 sampled sum over the stage's process tree, or the kernel's own high-water mark (VmHWM) of any
 one process in it when that is larger. Nothing in the stages changes, so their outputs and
@@ -20,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-STAGE = re.compile(r"stages/(\w+)\.py")
+STAGE = re.compile(r"(?:^|/)stages/(\w+)\.py$")
 
 
 @dataclass
@@ -31,7 +32,7 @@ class StageSeen:
 
 
 def _processes() -> dict[int, tuple[int, str, float, float]]:
-    """pid -> (parent pid, command line, resident MB, high-water resident MB)."""
+    """pid -> (parent pid, the stage whose script it runs or "", resident MB, high-water resident MB)."""
     out = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -40,11 +41,12 @@ def _processes() -> dict[int, tuple[int, str, float, float]]:
             with open(f"/proc/{entry}/status") as f:
                 fields = dict(line.split(":", 1) for line in f if ":" in line)
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+                argv = f.read().decode(errors="replace").split("\0")
         except OSError:  # the process ended while we looked
             continue
         kb = lambda key: float(fields.get(key, "0 kB").split()[0])  # noqa: E731
-        out[int(entry)] = (int(fields["PPid"]), cmdline, kb("VmRSS") / 1024, kb("VmHWM") / 1024)
+        script = next((m.group(1) for m in map(STAGE.search, argv[:2]) if m), "")
+        out[int(entry)] = (int(fields["PPid"]), script, kb("VmRSS") / 1024, kb("VmHWM") / 1024)
     return out
 
 
@@ -70,13 +72,12 @@ def watch(command: list[str], interval: float) -> tuple[int, dict[str, StageSeen
         now = time.monotonic() - start
         ours = {pid for pid in _descendants(child.pid, procs) if pid in procs}
         for pid in ours:
-            match = STAGE.search(procs[pid][1])
-            parent = procs[pid][0]
-            if not match or (parent in ours and STAGE.search(procs[parent][1])):
-                continue  # not a stage, or a process already counted in its stage's tree
-            tree = [p for p in _descendants(pid, procs) if p in procs]  # dvc's shell, python, workers
+            name, parent = procs[pid][1], procs[pid][0]
+            if not name or (parent in ours and procs[parent][1]):
+                continue  # not a stage, or a forked worker already counted in its stage's tree
+            tree = [p for p in _descendants(pid, procs) if p in procs]  # the stage and its workers
             resident = sum(procs[p][2] for p in tree)
-            stage = seen.setdefault(match.group(1), StageSeen(now, now))
+            stage = seen.setdefault(name, StageSeen(now, now))
             stage.last = now
             stage.peak_mb = max(stage.peak_mb, resident, *(procs[p][3] for p in tree))
         if done:

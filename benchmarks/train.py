@@ -18,7 +18,8 @@ Measures, in this one run (a shared machine drifts; ratios taken in one run hold
   * AlexNet at 227 px: training images/s and fraction of the matmul peak (batch 64, one epoch),
     and peak memory of resize and train on subsets, extrapolated to 70k images.
 Each variant runs in its own process, so its peak memory is its own. Each fraction of peak is
-against the matmul peak of the precision the variant ran in. The report names the layers that
+against the matmul peak of the precision the variant ran in, measured in the variant's process
+right after it, on its threads: the host's speed drifts by up to a third within an hour. The report names the layers that
 trained through a fast convolution path, and which (fmnist.model.ConvReLU.path). The last line
 holds the headline figures as key=value. ``--smoke`` shrinks the 227 px subsets, to check that
 everything runs; its figures are not for the record.
@@ -59,12 +60,12 @@ def matmul_gflops(n: int = 2048, repeats: int = 10, dtype: str = "float32") -> f
 
     a = torch.randn(n, n, dtype=getattr(torch, dtype), device=DEVICE)
     b = torch.randn(n, n, dtype=getattr(torch, dtype), device=DEVICE)
-    a @ b
+    c = a @ b  # the product goes into c each time: no allocation is timed (a malloc setting can halve it)
     sync()
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
-        a @ b
+        torch.matmul(a, b, out=c)
         sync()
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
@@ -353,6 +354,9 @@ def main() -> None:
         name, *rest = args.child
         result = VARIANTS[name](*(int(a) if a.isdigit() else a for a in rest))
         result["peak_mb"] = peak_rss_mb()
+        if "precision" in result:  # the host's speed drifts: its peak now, on the variant's threads
+            n = 8192 if DEVICE.startswith("cuda") else 2048
+            result["peak_gflops"] = matmul_gflops(n, dtype={"bf16": "bfloat16"}.get(result["precision"], "float32"))
         if DEVICE.startswith("cuda"):
             import torch
 
@@ -378,7 +382,6 @@ def main() -> None:
     print(f"forward + backward: AlexNetSmall at 67 px {flops / 1e9:.3f} GFLOP per image, "
           f"AlexNet at 227 px {flops227 / 1e9:.3f}")
     print(f"training: {args.images} images x {args.epochs} epochs, validation on {args.valid} images per epoch\n")
-    peaks = {"fp32": peak, "bf16": peak_bf16}
     rows = {}
     sizes = (args.images, args.valid, args.epochs)
     from fmnist.compute import Compute
@@ -396,9 +399,10 @@ def main() -> None:
             rows[key] = rows["seed"]
             continue
         rows[key] = r = run_child(name, *sizes, *extra)
-        r["peak_fraction"] = frac = r["images_per_s"] * flops / 1e9 / peaks[r["precision"]]
+        r["peak_fraction"] = frac = r["images_per_s"] * flops / 1e9 / r["peak_gflops"]
         print(f"{label} [{r['precision']}; fast paths: {r['fast_paths']}]\n"
-              f"    {r['images_per_s']:7.0f} images/s   {frac * 100:5.1f}% of the {r['precision']} matmul peak   "
+              f"    {r['images_per_s']:7.0f} images/s   {frac * 100:5.1f}% of the {r['precision']} matmul peak "
+              f"({r['peak_gflops']:.0f} GFLOP/s right after it)   "
               f"peak memory {r['peak_mb']:6.0f} MB"
               + (f" (GPU {r['gpu_peak_mb']:.0f} MB)" if "gpu_peak_mb" in r else "") + f"   ({r['seconds']:.1f} s)")
     ratio = rows["pipeline"]["images_per_s"] / rows["seed"]["images_per_s"]
@@ -436,7 +440,7 @@ def main() -> None:
         print(f"  {label}:\n    peak {small['peak_mb']:.0f} MB at {sizes[0]} images, {big['peak_mb']:.0f} MB at "
               f"{sizes[1]}; {per_image * 1024:.0f} KB per image (uint8 is {227 * 227 / 1024:.0f} KB, "
               f"float32 {227 * 227 * 4 / 1024:.0f} KB) -> about {at_70k / 1024:.1f} GB at 70k images")
-    frac227 = train227["images_per_s"] * flops227 / 1e9 / peaks[train227["precision"]]
+    frac227 = train227["images_per_s"] * flops227 / 1e9 / train227["peak_gflops"]
     print(f"  train227 speed [{train227['precision']}; fast paths: {train227['fast_paths']}]: "
           f"{train227['images_per_s']:.0f} images/s at batch 64 ({frac227 * 100:.1f}% of the "
           f"{train227['precision']} matmul peak; AlexNetSmall at 67 px, (b): "

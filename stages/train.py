@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from fmnist import stage
-from fmnist.allocator import keep_large_blocks_in_mmap
+from fmnist.allocator import keep_large_blocks_in_mmap_for
 from fmnist.batches import ImageSet
 from fmnist.checkpoint import EpochCheckpoint, code_digests, fingerprint
 from fmnist.compute import Compute, seed_everything, set_threads
@@ -41,12 +41,12 @@ def main() -> None:
     else:
         hp = train_p.hyper_params()
     stage.quiet_progress_bar_in_logs()
-    keep_large_blocks_in_mmap()  # else freed batch tensors fragment the heap: +12 MB a batch at 227 px
     seed_everything(train_p.seed)
     threads = set_threads(train_p.threads)
     data = Path(args.data)
     train = ImageSet(*load_split(data, "train"))
     valid = ImageSet(*load_split(data, "valid", size=train.size))
+    keep_large_blocks_in_mmap_for(train.size)  # else at 227 px freed batch tensors fragment the heap
     compute = Compute.resolve(params.model.precision)
     spec = ModelSpec.of(params.model, train.size, hp.dropout)
 

@@ -8,6 +8,12 @@ stay with the process and fragment: resident memory then grows with the number o
 with the data (measured at 227 px by ``benchmarks/alexnet227.py memory``). Fixing the threshold
 keeps large blocks in ``mmap``; it is what ``MALLOC_MMAP_THRESHOLD_`` does, without asking users to
 set it.
+
+It has a price: a block from ``mmap`` comes as fresh pages, faulted in on first touch, on every
+allocation. At 67 px, where the heap stays flat anyway (1.4 GB at its peak over 8 epochs), the
+fixed threshold made the train stage's code 1.2-1.6x slower and a 2048x2048 bf16 matmul 2x slower
+(measured side by side, ``MALLOC_MMAP_THRESHOLD_=1048576`` or not). So the stages fix it only for
+large images (:func:`keep_large_blocks_in_mmap_for`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ log = logging.getLogger(__name__)
 
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 MMAP_THRESHOLD = 1 << 20  # bytes; a batch's tensors at 227 px are far larger, small objects far smaller
+LARGE_SIDE = 128  # px; AlexNet trains at 227, AlexNetSmall at 67
 
 
 def keep_large_blocks_in_mmap(threshold: int = MMAP_THRESHOLD) -> bool:
@@ -42,3 +49,9 @@ def keep_large_blocks_in_mmap(threshold: int = MMAP_THRESHOLD) -> bool:
     done = mallopt(M_MMAP_THRESHOLD, threshold) == 1
     log.debug("glibc mmap threshold %s at %d bytes", "fixed" if done else "not set", threshold)
     return done
+
+
+def keep_large_blocks_in_mmap_for(image_side: int) -> bool:
+    """:func:`keep_large_blocks_in_mmap` for a process that trains on ``image_side`` px images, if
+    they are large (``LARGE_SIDE`` px or more); otherwise glibc's defaults stay (False)."""
+    return image_side >= LARGE_SIDE and keep_large_blocks_in_mmap()
