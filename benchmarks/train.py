@@ -55,11 +55,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:
+def peak_side() -> int:
+    """Side of the square matmul that measures the peak: a GPU needs a bigger product to reach its own."""
+    return 8192 if DEVICE.startswith("cuda") else 2048
+
+
+def matmul_gflops(precision: str = "fp32", repeats: int = 10) -> float:
+    """GFLOP/s of a ``peak_side()``-square matmul in ``precision`` (``fp32`` or ``bf16``) on DEVICE."""
     import torch
 
-    a = torch.randn(n, n, dtype=getattr(torch, dtype), device=DEVICE)
-    b = torch.randn(n, n, dtype=getattr(torch, dtype), device=DEVICE)
+    n, dtype = peak_side(), {"bf16": torch.bfloat16}.get(precision, torch.float32)
+    a = torch.randn(n, n, dtype=dtype, device=DEVICE)
+    b = torch.randn(n, n, dtype=dtype, device=DEVICE)
     c = a @ b  # the product goes into c each time: no allocation is timed (a malloc setting can halve it)
     sync()
     best = float("inf")
@@ -355,8 +362,7 @@ def main() -> None:
         result = VARIANTS[name](*(int(a) if a.isdigit() else a for a in rest))
         result["peak_mb"] = peak_rss_mb()
         if "precision" in result:  # the host's speed drifts: its peak now, on the variant's threads
-            n = 8192 if DEVICE.startswith("cuda") else 2048
-            result["peak_gflops"] = matmul_gflops(n, dtype={"bf16": "bfloat16"}.get(result["precision"], "float32"))
+            result["peak_gflops"] = matmul_gflops(result["precision"])
         if DEVICE.startswith("cuda"):
             import torch
 
@@ -371,9 +377,9 @@ def main() -> None:
     if not (ROOT / "data" / "split" / "train_images.npy").is_file():
         sys.exit("error: data/split is missing; run `dvc repro split` first")
     torch.set_num_threads(os.cpu_count() or 1)
-    n = 8192 if DEVICE.startswith("cuda") else 2048  # a GPU needs a bigger product to reach its peak
-    peak = matmul_gflops(n)
-    peak_bf16 = matmul_gflops(n, dtype="bfloat16")
+    n = peak_side()
+    peak = matmul_gflops("fp32")
+    peak_bf16 = matmul_gflops("bf16")
     flops = run_child("flops", "AlexNetSmall", 67)["flops"]
     flops227 = run_child("flops", "AlexNet", 227)["flops"]
     where = torch.cuda.get_device_name(DEVICE) if DEVICE.startswith("cuda") else f"{torch.get_num_threads()} threads"
