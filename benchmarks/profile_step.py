@@ -14,8 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
@@ -25,35 +24,17 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=15)
     args = p.parse_args()
 
-    import numpy as np
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from fmnist.batches import ImageSet
-    from fmnist.compute import Compute, seed_everything, set_threads
-    from fmnist.model import ModelSpec
-    from fmnist.params import load_params
-    from fmnist.training import build_net
+    from stage_net import stage_net
 
-    params = load_params(ROOT / "params.yaml")
-    t, size = params.train, params.resize.size
-    seed_everything(t.seed)
-    threads = set_threads(t.threads)
-    rng = np.random.default_rng(0)
-    n = t.batch_size * (args.batches + 2)
-    train = ImageSet(rng.integers(0, 256, (n, size, size), dtype=np.uint8), rng.integers(0, 10, n))
-    compute = Compute.resolve(args.precision or params.model.precision, "cpu")
-    net = build_net(ModelSpec.of(params.model, size, t.dropout), t.hyper_params(), compute, max_epochs=1,
-                    patience=1, seed=t.seed, valid=train)
-    net.initialize()
-    batches = iter(net.get_iterator(train, training=True))
-    for _ in range(2):
-        net.train_step(next(batches))
+    net, batches, what = stage_net(args.precision, args.batches + 2)
+    for batch in batches[:2]:
+        net.train_step(batch)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        for _ in range(args.batches):
-            net.train_step(next(batches))
-    print(f"{params.model.name} at {size} px, batch {t.batch_size}, {compute.precision}, {threads} threads, "
-          f"{args.batches} training steps")
+        for batch in batches[2:]:
+            net.train_step(batch)
+    print(f"{what}, {args.batches} training steps")
     print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=args.rows,
                                                              max_name_column_width=40, max_shapes_column_width=60))
 

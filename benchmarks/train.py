@@ -160,6 +160,7 @@ def variant_seed(n_train: int, n_valid: int, epochs: int, precision: str = "fp32
 def variant_pipeline(n_train: int, n_valid: int, epochs: int, precision: str = "") -> dict:
     """The train stage's code path with the default params (``precision`` overrides
     model.precision): build_net + fit + MLflow logging."""
+    from fmnist.allocator import tune_malloc_for
     from fmnist.batches import ImageSet
     from fmnist.checkpoint import EpochCheckpoint
     from fmnist.compute import Compute, seed_everything, set_threads
@@ -170,6 +171,7 @@ def variant_pipeline(n_train: int, n_valid: int, epochs: int, precision: str = "
     from fmnist.training import MlflowEpochLogger, build_net, fit
 
     params = load_params(ROOT / "params.yaml")
+    tune_malloc_for(params.resize.size)  # as the stage
     images, labels, v_images, v_labels = load_data(n_train, n_valid)
     train = ImageSet(resize_images(images, params.resize.size), labels)
     valid = ImageSet(resize_images(v_images, params.resize.size), v_labels)
@@ -193,9 +195,11 @@ def variant_pipeline(n_train: int, n_valid: int, epochs: int, precision: str = "
 
 
 def variant_plain(n_train: int, n_valid: int, epochs: int, precision: str = "") -> dict:
-    """A plain PyTorch loop: same model, tensors, batch size, precision, fused Adam and validation pass; no skorch."""
+    """A plain PyTorch loop: same model, tensors, batch size, precision, fused Adam, malloc settings
+    and validation pass; no skorch."""
     import torch
 
+    from fmnist.allocator import tune_malloc_for
     from fmnist.batches import to_float
     from fmnist.compute import Compute, set_threads
     from fmnist.data import resize_images
@@ -203,6 +207,7 @@ def variant_plain(n_train: int, n_valid: int, epochs: int, precision: str = "") 
     from fmnist.params import load_params
 
     params = load_params(ROOT / "params.yaml")
+    tune_malloc_for(params.resize.size)
     compute = Compute.resolve(precision or params.model.precision, DEVICE)
     images, labels, v_images, v_labels = load_data(n_train, n_valid)
     x = torch.from_numpy(resize_images(images, params.resize.size))

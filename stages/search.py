@@ -15,7 +15,6 @@ writes nothing and exits with status 2. MLflow: one parent run, one nested run p
 from pathlib import Path
 
 from fmnist import stage
-from fmnist.allocator import keep_large_blocks_in_mmap_for
 from fmnist.compute import seed_everything, set_threads
 from fmnist.data import load_split, stratified_subset
 from fmnist.files import write_json
@@ -35,7 +34,6 @@ def main() -> None:
     seed_everything(search.seed)
     set_threads(0)
     train_images, train_labels = load_split(args.data, "train", mmap=True)
-    keep_large_blocks_in_mmap_for(train_images.shape[-1])  # as in the train stage
     keep = stratified_subset(train_labels, search.subset, search.seed)
     data = SearchData(train_images[keep], train_labels[keep])
     if search.cv == 0:

@@ -16,6 +16,7 @@ from skorch.callbacks import Callback
 
 from fmnist.batches import ImageSet
 from fmnist.checkpoint import net_state, restore_net_state
+from fmnist.allocator import tune_malloc_for
 from fmnist.compute import Compute, seed_everything
 from fmnist.model import ModelSpec
 from fmnist.params import HyperParams, ModelParams
@@ -201,6 +202,7 @@ def run_trial(task: Task, setup: TrialSetup, data: SearchData, tracking: Trackin
     """
     import torch
 
+    tune_malloc_for(data.train_images.shape[-1])  # in whichever process runs the trial, as the train stage
     n_threads = _threads(setup, threads)
     if n_threads:
         torch.set_num_threads(n_threads)
