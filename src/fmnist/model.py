@@ -96,43 +96,49 @@ class _SmallMapConv2d(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
-def small_map_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
-    """``F.conv2d(x, weight, bias, padding=padding)`` (stride 1, odd square kernel, output as large
-    as the input) with the weight gradient of :class:`_SmallMapConv2d`. Under autocast, computed
-    in the autocast dtype, as ``F.conv2d`` would be."""
-    device = x.device.type
-    if torch.is_autocast_enabled(device):
-        dtype = torch.get_autocast_dtype(device)
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
-    return _SmallMapConv2d.apply(x, weight, bias, padding)
+def im2col(x: torch.Tensor, kernel: int, stride: int = 1, padding: int = 0) -> torch.Tensor:
+    """The im2col matrix of ``x`` (``(B, C, H, W)``): one row per output position ``(b, oy, ox)``,
+    one column per ``(ky, kx, c)``, so that a convolution is ``im2col(x) @ weight_rows``.
+
+    In channels-last memory the ``kernel * C`` values of one kernel row (``kx``, ``c``) lie next to
+    each other, so the matrix is one strided view of the padded input, copied in runs of that
+    length: 2-2.5x as fast as gathering runs of ``C`` through ``unfold``.
+    """
+    batch, channels, height, width = x.shape
+    padded = nn.functional.pad(x, (padding,) * 4) if padding else x
+    padded = padded.contiguous(memory_format=torch.channels_last)
+    out_h, out_w = (height + 2 * padding - kernel) // stride + 1, (width + 2 * padding - kernel) // stride + 1
+    s_b, _, s_h, s_w = padded.stride()
+    windows = padded.as_strided((batch, out_h, out_w, kernel, kernel * channels),
+                                (s_b, stride * s_h, stride * s_w, s_h, 1), padded.storage_offset())
+    return windows.reshape(batch * out_h * out_w, kernel * kernel * channels)
 
 
 class _MatmulConv2d(torch.autograd.Function):
-    """A convolution as one matrix product (im2col), and its weight gradient as another.
+    """A convolution as one matrix product (im2col), and its gradients as two more.
 
     The bf16 path. oneDNN's bf16 kernels do poorly on AlexNetSmall's small problems: on the 3x3
-    maps of conv3-conv5 the weight gradient takes 5-7 times the forward pass and the forward pass
-    itself runs at a quarter of the matmul peak; conv1's weight gradient (11x11, stride 4, one
-    input channel) costs seven times its forward pass. Laid out as matrices they are plain GEMMs:
-    ``cols`` holds one row per output pixel and one column per (kernel row, kernel column, input
-    channel), gathered from the input; the forward pass is ``cols @ W``, written straight into a
-    channels-last output, and the weight gradient ``grad^T @ cols``, both operands row-major (a
-    transposed bf16 operand halves the GEMM's speed on AMX). The input gradient is oneDNN's own
-    backward-data kernel. Same parameters as ``nn.Conv2d``, same results up to float rounding.
+    maps of conv3-conv5 the weight gradient takes 5-7 times the forward pass, the forward pass
+    itself runs at a quarter of the matmul peak and the input gradient of conv4 at a quarter;
+    conv1's weight gradient (11x11, stride 4, one input channel) costs seven times its forward
+    pass. Laid out as matrices (:func:`im2col`) they are plain GEMMs: the forward pass is
+    ``cols @ W``, written straight into a channels-last output, and the weight gradient
+    ``grad^T @ cols``, both operands row-major (a transposed bf16 operand halves the GEMM's speed
+    on AMX). The input gradient of a stride-1 "same" convolution is itself such a convolution, of
+    the output's gradient by the flipped kernel with input and output channels swapped:
+    ``im2col(grad) @ W_flipped``; other geometries take oneDNN's backward-data kernel. Same
+    parameters as ``nn.Conv2d``, same results up to float rounding.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride: int, padding: int):
-        batch, channels, height, width = x.shape
-        out_channels, _, k, _ = weight.shape
-        out_h, out_w = (height + 2 * padding - k) // stride + 1, (width + 2 * padding - k) // stride + 1
-        padded = nn.functional.pad(x, (padding,) * 4) if padding else x
-        cols = (padded.permute(0, 2, 3, 1).unfold(1, k, stride).unfold(2, k, stride)  # (B, Ho, Wo, C, k, k)
-                .permute(0, 1, 2, 4, 5, 3).reshape(batch * out_h * out_w, k * k * channels))
+        out_channels, channels, k, _ = weight.shape
+        cols = im2col(x, k, stride, padding)
         w_rows = weight.permute(2, 3, 1, 0).reshape(k * k * channels, out_channels)
+        batch = x.shape[0]
+        out_h, out_w = (x.shape[2] + 2 * padding - k) // stride + 1, (x.shape[3] + 2 * padding - k) // stride + 1
         out = torch.empty(batch, out_channels, out_h, out_w, dtype=cols.dtype, device=x.device,
-                          memory_format=torch.channels_last)
+                          memory_format=torch.channels_last)  # a tensor of its own, not a view: ReLU works in place
         rows = out.permute(0, 2, 3, 1).view(-1, out_channels)
         torch.mm(cols, w_rows, out=rows) if bias is None else torch.addmm(bias, cols, w_rows, out=rows)
         ctx.save_for_backward(cols, x if ctx.needs_input_grad[0] else None, weight)
@@ -145,11 +151,16 @@ class _MatmulConv2d(torch.autograd.Function):
         cols, x, weight = ctx.saved_tensors
         k, s, p = ctx.geometry
         out_channels, channels = weight.shape[:2]
-        grad_t = grad.permute(1, 0, 2, 3).reshape(out_channels, -1)  # (O, B*Ho*Wo)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, [s, s], [p, p], [1, 1], False, [0, 0], 1, [True, False, False])[0]
+            if s == 1 and 2 * p == k - 1:  # "same": the input gradient is a convolution of the same shape
+                w_flipped = weight.flip(2, 3).permute(2, 3, 0, 1).reshape(k * k * out_channels, channels)
+                b, _, h, w = x.shape  # rows (b, y, x), columns c: the channels-last gradient
+                grad_x = (im2col(grad, k, 1, p) @ w_flipped).view(b, h, w, channels).permute(0, 3, 1, 2)
+            else:
+                grad_x = torch.ops.aten.convolution_backward(
+                    grad, x, weight, None, [s, s], [p, p], [1, 1], False, [0, 0], 1, [True, False, False])[0]
+        grad_t = grad.permute(1, 0, 2, 3).reshape(out_channels, -1)  # (O, B*Ho*Wo)
         if ctx.needs_input_grad[1]:
             grad_w = (grad_t @ cols).view(out_channels, k, k, channels).permute(0, 3, 1, 2)
         if ctx.has_bias and ctx.needs_input_grad[2]:
