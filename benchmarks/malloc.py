@@ -6,8 +6,8 @@ Each variant runs ``--steps`` training steps of the train stage's own net (defau
 two warm-up steps; ``benchmarks/stage_net.py``) in a fresh process, since malloc settings are
 per process; the variants take turns, round after round, and the medians are compared:
 
-* ``before``: glibc's defaults, and every new tensor filled with NaN (torch's debugging aid that
-  ``use_deterministic_algorithms`` turns on): the stage until this benchmark was written,
+* ``before``: glibc's defaults, and torch's deterministic mode, which fills every new tensor with
+  NaN (a debugging aid): the stage until this benchmark was written,
 * ``no-fill``: glibc's defaults, no fill,
 * ``heap+fill``: freed blocks kept in the heap (:func:`fmnist.allocator.keep_freed_blocks`), fill on,
 * ``stage``: what the stage does now: freed blocks kept, no fill.
@@ -39,7 +39,9 @@ def child(variant: str, steps: int, precision: str) -> dict:
 
     heap, fill = VARIANTS[variant]
     net, batches, what = stage_net(precision, steps + 2, tune_malloc=heap)
-    torch.utils.deterministic.fill_uninitialized_memory = fill
+    if fill:  # seed_everything no longer turns deterministic mode on for a CPU
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = True
     for batch in batches[:2]:
         net.train_step(batch)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -21,18 +21,21 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def seed_everything(seed: int) -> None:
-    """Seed ``random``, NumPy and torch, and ask torch for deterministic kernels.
+    """Seed ``random``, NumPy and torch, and on a GPU ask torch for deterministic kernels.
 
-    Without torch's debugging aid that comes with them, which fills every new tensor with NaN
-    so that a kernel reading memory it never wrote would show: no kernel here does (runs are
-    bit-identical, ``tests/test_reproducibility.py``), and the fill cost 10-15% of a bf16
-    training step at 67 px (``benchmarks/train.py``).
+    On a CPU torch's kernels that this pipeline runs are deterministic already (runs are
+    bit-identical, ``tests/test_reproducibility.py``), and the switch would cost every stage 2.3 s
+    of start-up (it imports torch's compiler, ``torch._inductor``, to set its flag there too) and
+    turn on a debugging aid that fills every new tensor with NaN, 10-15% of a bf16 training step
+    at 67 px (``benchmarks/malloc.py``). On a GPU, where cuDNN and atomic adds are not, it is on,
+    without that fill: no kernel here reads memory it did not write.
     """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = False
+    if torch.cuda.is_available():
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 def set_threads(threads: int) -> int:
