@@ -23,12 +23,13 @@ PRECISIONS = ("auto", "fp32", "bf16")
 def seed_everything(seed: int) -> None:
     """Seed ``random``, NumPy and torch, and on a GPU ask torch for deterministic kernels.
 
-    On a CPU torch's kernels that this pipeline runs are deterministic already (runs are
-    bit-identical, ``tests/test_reproducibility.py``), and the switch would cost every stage 2.3 s
-    of start-up (it imports torch's compiler, ``torch._inductor``, to set its flag there too) and
-    turn on a debugging aid that fills every new tensor with NaN, 10-15% of a bf16 training step
-    at 67 px (``benchmarks/malloc.py``). On a GPU, where cuDNN and atomic adds are not, it is on,
-    without that fill: no kernel here reads memory it did not write.
+    On a CPU the torch kernels this pipeline runs are deterministic already (runs are
+    bit-identical, ``tests/test_reproducibility.py``), and the switch would turn on a debugging
+    aid that fills every new tensor with NaN, 10-15% of a bf16 training step at 67 px
+    (``benchmarks/malloc.py``); it also imports torch's compiler to set its flag there, 2.3 s of
+    start-up in a stage that builds no optimizer (evaluate; an optimizer imports most of it
+    anyway). On a GPU, where cuDNN and atomic adds are not deterministic, it is on, without the
+    fill: no kernel here reads memory it did not write.
     """
     random.seed(seed)
     np.random.seed(seed % 2**32)
