@@ -15,7 +15,7 @@ fp32 loss, backward, Adam) on the same random batch, in turns, round after round
 the CPU has it natively) and in fp32. A shared machine slows the variants alike within a round,
 so the ratios of the medians are what count, by wall clock and by this process's CPU time (less
 sensitive to other processes' load). The matmul peaks (2048x2048) are measured in the same
-process for the fraction-of-peak column. About 2 minutes at the defaults on 2 quiet cores.
+process for the fraction-of-peak column. glibc's malloc is set as the train stage sets it. About 2 minutes at the defaults on 2 quiet cores.
 """
 
 from __future__ import annotations
@@ -33,19 +33,10 @@ sys.path.insert(0, str(ROOT / "src"))
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from fmnist.allocator import tune_malloc_for  # noqa: E402
 from fmnist.compute import Compute, resolve_precision, set_threads  # noqa: E402
 from fmnist.model import MODELS, ConvReLU, fast_paths  # noqa: E402
-
-
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 8) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+from train import matmul_gflops  # noqa: E402  (benchmarks/train.py: the peak into a preallocated output)
 
 
 def _tap_index(side: int, kernel: int, padding: int) -> torch.Tensor:
@@ -131,12 +122,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="0: one per core")
     args = p.parse_args()
 
+    size = 227 if args.model == "AlexNet" else 67
+    tune_malloc_for(size)  # glibc's malloc as the train stage sets it
     threads = set_threads(args.threads)
     torch.manual_seed(0)
-    size = 227 if args.model == "AlexNet" else 67
     base = MODELS[args.model](input_size=size)
     flops = step_flops(base, size)
-    peak = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    peak = {"fp32": matmul_gflops("fp32"), "bf16": matmul_gflops("bf16")}
     print(f"{args.model} at {size} px, batch {args.batch}, {threads} threads, torch {torch.__version__}; "
           f"{flops / 1e9:.3f} GFLOP per image (forward + backward)")
     print(f"matmul 2048x2048: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
