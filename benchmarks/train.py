@@ -43,7 +43,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+# benchmarks/versus.py points FMNIST_BENCH_SRC at another commit's src/ to run it the same way
+sys.path.insert(0, os.environ.get("FMNIST_BENCH_SRC", str(ROOT / "src")))
 # Where the variants run: main() sets it for its child processes from --device.
 DEVICE = os.environ.get("FMNIST_BENCH_DEVICE", "cpu")
 
@@ -81,6 +82,16 @@ def matmul_gflops(precision: str = "fp32", repeats: int = 10) -> float:
         sync()
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
+
+
+def tune_malloc_for(image_side: int) -> None:
+    """glibc's malloc as the train stage sets it; code from before ``fmnist.allocator.tune_malloc_for``
+    (benchmarks/versus.py) ran with glibc's defaults at 67 px, and so does this then."""
+    try:
+        from fmnist.allocator import tune_malloc_for as tune
+    except ImportError:
+        return
+    tune(image_side)
 
 
 def flops_per_image(model_name: str = "AlexNetSmall", size: int = 67) -> float:
@@ -166,7 +177,6 @@ def variant_seed(n_train: int, n_valid: int, epochs: int, precision: str = "fp32
 def variant_pipeline(n_train: int, n_valid: int, epochs: int, precision: str = "") -> dict:
     """The train stage's code path with the default params (``precision`` overrides
     model.precision): build_net + fit + MLflow logging."""
-    from fmnist.allocator import tune_malloc_for
     from fmnist.batches import ImageSet
     from fmnist.checkpoint import EpochCheckpoint
     from fmnist.compute import Compute, seed_everything, set_threads
@@ -206,7 +216,6 @@ def variant_plain(n_train: int, n_valid: int, epochs: int, precision: str = "") 
     and validation pass; no skorch."""
     import torch
 
-    from fmnist.allocator import tune_malloc_for
     from fmnist.batches import to_float
     from fmnist.compute import Compute, set_threads
     from fmnist.data import resize_images
