@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from skorch.callbacks import Callback
 
+from fmnist.allocator import tune_malloc_for
 from fmnist.batches import ImageSet
 from fmnist.checkpoint import net_state, restore_net_state
-from fmnist.allocator import tune_malloc_for
 from fmnist.compute import Compute, seed_everything
 from fmnist.model import ModelSpec
 from fmnist.params import HyperParams, ModelParams
