@@ -94,6 +94,15 @@ def tune_malloc_for(image_side: int) -> None:
     tune(image_side)
 
 
+def stage_valid_images(n_train: int) -> int:
+    """Validation images per epoch for ``n_train`` training images, in the train stage's proportion:
+    split.valid_size of the 60,000 against the rest (5,000 per 55,000 at the default params)."""
+    from fmnist.params import load_params
+
+    held_out = load_params(ROOT / "params.yaml").split.valid_size
+    return round(n_train * held_out / (60_000 - held_out))
+
+
 def flops_per_image(model_name: str = "AlexNetSmall", size: int = 67) -> float:
     """Forward + backward FLOPs of the model for one image, counted by torch."""
     import torch
@@ -412,9 +421,7 @@ def main() -> None:
           f"AlexNet at 227 px {flops227 / 1e9:.3f}")
     from fmnist.params import load_params
 
-    if not args.valid:  # split.valid_size of the 60,000 against the rest, as the stage's epochs have it
-        held_out = load_params(ROOT / "params.yaml").split.valid_size
-        args.valid = round(args.images * held_out / (60_000 - held_out))
+    args.valid = args.valid or stage_valid_images(args.images)
     print(f"training: {args.images} images x {args.epochs} epochs, validation on {args.valid} images per epoch "
           f"(the train stage's proportion); start-up outside the timers\n")
     rows = {}

@@ -44,11 +44,9 @@ def main() -> None:
     p.add_argument("--precision", default="", help="default: model.precision from params.yaml")
     args = p.parse_args()
 
-    from fmnist.params import load_params
-    from train import flops_per_image
+    from train import flops_per_image, stage_valid_images
 
-    held_out = load_params(ROOT / "params.yaml").split.valid_size
-    valid = round(args.images * held_out / (60_000 - held_out))  # as benchmarks/train.py: the stage's proportion
+    valid = stage_valid_images(args.images)
     flops = flops_per_image()
     rev = subprocess.run(["git", "rev-parse", "--short", args.rev], capture_output=True, text=True, cwd=ROOT,
                          check=True).stdout.strip()
