@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from fmnist.allocator import tune_malloc_for  # noqa: E402
 from fmnist.compute import Compute, resolve_precision, set_threads  # noqa: E402
-from fmnist.model import MODELS, ConvReLU, fast_paths  # noqa: E402
+from fmnist.model import MODELS, ConvReLU, paths_taken  # noqa: E402
 from train import matmul_gflops  # noqa: E402  (benchmarks/train.py: the peak into a preallocated output)
 
 
@@ -90,16 +90,18 @@ def dense_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 def set_path(module: torch.nn.Module, path: str) -> torch.nn.Module:
     """``conv``: plain convolutions; ``default``: the model's own choice per layer and precision;
-    ``small-map``, ``matmul``, ``dense``: that path on the 3x3 maps in either precision (and
-    ``matmul`` on conv1 too), to see each one where the model does not take it."""
+    ``small-map``, ``matmul``: that path in either precision, on the layers where the model takes it
+    in its own precision (:meth:`fmnist.model.ConvReLU.suits`); ``dense``: the small-map layers as
+    :func:`dense_conv2d`."""
     for m in module.modules():
         if isinstance(m, ConvReLU):
             m.fast_paths = path != "conv"
             if path in ("small-map", "matmul", "dense"):
-                def forced(x, m=m, path=path):
+                layer_path = "small-map" if path == "dense" else path
+
+                def forced(x, m=m, path=path, layer_path=layer_path):
                     training = x.device.type == "cpu" and torch.is_grad_enabled()
-                    wanted = (m.same_size and max(x.shape[-2:]) <= 3) or (path == "matmul" and m.conv.in_channels == 1)
-                    return path if training and wanted else "plain"
+                    return path if training and m.suits(layer_path, max(x.shape[-2:])) else "plain"
                 m.path = forced
                 if path == "dense":
                     m._fast = lambda x, _path, c=m.conv: dense_conv2d(x, c.weight, c.bias, c.padding[0])
@@ -132,8 +134,8 @@ def main() -> None:
     print(f"{args.model} at {size} px, batch {args.batch}, {threads} threads, torch {torch.__version__}; "
           f"{flops / 1e9:.3f} GFLOP per image (forward + backward)")
     print(f"matmul 2048x2048: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
-    print(f"the model's own fast paths (training): fp32 {fast_paths(base, size) or 'none'}, bf16 "
-          f"{fast_paths(base, size, torch.autocast('cpu', dtype=torch.bfloat16)) or 'none'}\n")
+    print(f"the model's own fast paths (training): fp32 {paths_taken(base, size) or 'none'}, bf16 "
+          f"{paths_taken(base, size, torch.autocast('cpu', dtype=torch.bfloat16)) or 'none'}\n")
     x = torch.rand(args.batch, 1, size, size)
     y = torch.randint(0, 10, (args.batch,))
     loss_fn = torch.nn.CrossEntropyLoss()

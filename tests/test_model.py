@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fmnist.model import (AlexNet, AlexNetSmall, ConvReLU, LinearReLU, fast_paths, feature_size, matmul_conv2d,
-                          small_map_conv2d)
+from fmnist.model import (ROW_MAJOR_MIN_COLS, AlexNet, AlexNetSmall, ConvReLU, LinearReLU, feature_size,
+                          matmul_conv2d, paths_taken, small_map_conv2d)
 
 
 @pytest.mark.parametrize("cls, size, first_linear", [(AlexNetSmall, 67, 256), (AlexNet, 227, 9216),
@@ -95,12 +95,34 @@ def test_fast_convolutions_match_conv2d_and_their_gradients_are_exact_in_float64
     assert fast["matmul"](x, w, b).is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("channels, side, kernel", [(3, 7, 5), (ROW_MAJOR_MIN_COLS // 9 + 1, 3, 3), (100, 7, 5)])
+def test_matmul_conv_gradients_equal_conv2ds_on_wide_im2col_and_7px_maps(channels, side, kernel):
+    """The branches the small gradchecks above do not reach: the row-major copy of ``grad^T`` (an
+    im2col matrix of ``ROW_MAJOR_MIN_COLS`` columns or more) and oneDNN's input gradient for a
+    "same" convolution on a map larger than ``SMALL_MAP`` (conv2's 7x7), with a channels-last
+    gradient as the model's ReLU and pooling pass back; float64, so equal to rounding."""
+    torch.manual_seed(0)
+    x = torch.randn(4, channels, side, side, dtype=torch.float64).to(memory_format=torch.channels_last)
+    w = torch.randn(8, channels, kernel, kernel, dtype=torch.float64)
+    b = torch.randn(8, dtype=torch.float64)
+    grad = torch.randn(4, 8, side, side, dtype=torch.float64).to(memory_format=torch.channels_last)
+    results = []
+    for f in (torch.nn.functional.conv2d, matmul_conv2d):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        out = f(*leaves, 1, kernel // 2)
+        out.backward(grad)
+        results.append([out.detach()] + [t.grad for t in leaves])
+    for name, want, got in zip(("output", "grad x", "grad w", "grad b"), *results):
+        torch.testing.assert_close(got, want, msg=name)
+
+
 def test_fast_paths_run_where_they_are_faster_and_in_training_only():
     model = AlexNetSmall().eval()
     state = torch.random.get_rng_state()
-    assert fast_paths(model, 67) == {"c3": "small-map", "c4": "small-map", "c5": "small-map"}
+    assert paths_taken(model, 67) == {"c3": "small-map", "c4": "small-map", "c5": "small-map"}
     bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
-    assert fast_paths(model, 67, bf16) == {"c1": "matmul", "c3": "matmul", "c4": "matmul", "c5": "matmul"}
+    assert paths_taken(model, 67, bf16) == {"c1": "matmul", "c2": "matmul", "c3": "matmul", "c4": "matmul",
+                                            "c5": "matmul"}
     assert not model.training and torch.equal(torch.random.get_rng_state(), state)  # left as they were
     x = torch.rand(2, 256, 3, 3)
     assert model.c3.path(x) == "small-map"
@@ -110,8 +132,8 @@ def test_fast_paths_run_where_they_are_faster_and_in_training_only():
     for autocast in (torch.autocast("cpu", enabled=False), bf16):
         with autocast:
             assert conv3.path(torch.rand(2, 384, 13, 13)) == "plain"
-            assert model.c2.path(torch.rand(2, 96, 7, 7)) == "plain"  # conv2 too
-    assert fast_paths(AlexNet(), 227) == {}
+    assert model.c2.path(torch.rand(2, 96, 7, 7)) == "plain"  # conv2 in fp32 too
+    assert paths_taken(AlexNet(), 227) == {}
 
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])

@@ -19,6 +19,9 @@ from torch import nn
 
 HIDDEN = {"AlexNet": 4096, "AlexNetSmall": 128}
 N_CLASSES = 10
+SMALL_MAP = 3  # px: AlexNetSmall's conv3-conv5 maps, where oneDNN's backward kernels do worst
+MATMUL_MAX_MAP = 7  # px: AlexNetSmall's conv2 map, the largest where the bf16 GEMMs beat oneDNN in a training step
+ROW_MAJOR_MIN_COLS = 1024  # im2col columns from which the weight gradient copies grad^T row-major
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,11 @@ class ModelSpec:
 
     def build(self) -> "AlexNetBase":
         return self.module_class(**self.module_kwargs())
+
+
+def _out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
+    """Side of a convolution's or pooling's output on a ``size`` px side."""
+    return (size + 2 * padding - kernel) // stride + 1
 
 
 class _SmallMapConv2d(torch.autograd.Function):
@@ -107,7 +115,7 @@ def im2col(x: torch.Tensor, kernel: int, stride: int = 1, padding: int = 0) -> t
     batch, channels, height, width = x.shape
     padded = nn.functional.pad(x, (padding,) * 4) if padding else x
     padded = padded.contiguous(memory_format=torch.channels_last)
-    out_h, out_w = (height + 2 * padding - kernel) // stride + 1, (width + 2 * padding - kernel) // stride + 1
+    out_h, out_w = _out(height, kernel, stride, padding), _out(width, kernel, stride, padding)
     s_b, _, s_h, s_w = padded.stride()
     windows = padded.as_strided((batch, out_h, out_w, kernel, kernel * channels),
                                 (s_b, stride * s_h, stride * s_w, s_h, 1), padded.storage_offset())
@@ -124,10 +132,14 @@ class _MatmulConv2d(torch.autograd.Function):
     pass. Laid out as matrices (:func:`im2col`) they are plain GEMMs: the forward pass is
     ``cols @ W``, written straight into a channels-last output, and the weight gradient
     ``grad^T @ cols``, both operands row-major (a transposed bf16 operand halves the GEMM's speed
-    on AMX). The input gradient of a stride-1 "same" convolution is itself such a convolution, of
-    the output's gradient by the flipped kernel with input and output channels swapped:
-    ``im2col(grad) @ W_flipped``; other geometries take oneDNN's backward-data kernel. Same
-    parameters as ``nn.Conv2d``, same results up to float rounding.
+    on AMX). The gradient arrives channels-last, so ``grad^T`` is a transposed view: copied
+    row-major first where ``cols`` is wide (conv2-conv5, 2,304-3,456 columns: the GEMM runs 1.1-1.4x
+    as fast, the copy costs a tenth of it), not for conv1's 121 columns (the copy costs more than
+    it saves). The input gradient of a stride-1 "same" convolution on a small map
+    (``SMALL_MAP``) is itself such a convolution, of the output's gradient by the flipped kernel
+    with input and output channels swapped: ``im2col(grad) @ W_flipped``; on larger maps (conv2's
+    7x7, where that im2col matrix would be 160 MB) and other geometries oneDNN's backward-data
+    kernel is faster. Same parameters as ``nn.Conv2d``, same results up to float rounding.
     """
 
     @staticmethod
@@ -135,9 +147,8 @@ class _MatmulConv2d(torch.autograd.Function):
         out_channels, channels, k, _ = weight.shape
         cols = im2col(x, k, stride, padding)
         w_rows = weight.permute(2, 3, 1, 0).reshape(k * k * channels, out_channels)
-        batch = x.shape[0]
-        out_h, out_w = (x.shape[2] + 2 * padding - k) // stride + 1, (x.shape[3] + 2 * padding - k) // stride + 1
-        out = torch.empty(batch, out_channels, out_h, out_w, dtype=cols.dtype, device=x.device,
+        out = torch.empty(x.shape[0], out_channels, _out(x.shape[2], k, stride, padding),
+                          _out(x.shape[3], k, stride, padding), dtype=cols.dtype, device=x.device,
                           memory_format=torch.channels_last)  # a tensor of its own, not a view: ReLU works in place
         rows = out.permute(0, 2, 3, 1).view(-1, out_channels)
         torch.mm(cols, w_rows, out=rows) if bias is None else torch.addmm(bias, cols, w_rows, out=rows)
@@ -153,14 +164,16 @@ class _MatmulConv2d(torch.autograd.Function):
         out_channels, channels = weight.shape[:2]
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            if s == 1 and 2 * p == k - 1:  # "same": the input gradient is a convolution of the same shape
+            if s == 1 and 2 * p == k - 1 and max(grad.shape[-2:]) <= SMALL_MAP:
                 w_flipped = weight.flip(2, 3).permute(2, 3, 0, 1).reshape(k * k * out_channels, channels)
                 b, _, h, w = x.shape  # rows (b, y, x), columns c: the channels-last gradient
                 grad_x = (im2col(grad, k, 1, p) @ w_flipped).view(b, h, w, channels).permute(0, 3, 1, 2)
             else:
                 grad_x = torch.ops.aten.convolution_backward(
                     grad, x, weight, None, [s, s], [p, p], [1, 1], False, [0, 0], 1, [True, False, False])[0]
-        grad_t = grad.permute(1, 0, 2, 3).reshape(out_channels, -1)  # (O, B*Ho*Wo)
+        grad_t = grad.permute(1, 0, 2, 3).reshape(out_channels, -1)  # (O, B*Ho*Wo), a view if grad is channels-last
+        if cols.shape[1] >= ROW_MAJOR_MIN_COLS:
+            grad_t = grad_t.contiguous()
         if ctx.needs_input_grad[1]:
             grad_w = (grad_t @ cols).view(out_channels, k, k, channels).permute(0, 3, 1, 2)
         if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -194,10 +207,10 @@ class ConvReLU(nn.Module):
     """Conv2d + ReLU, He (Kaiming normal) init, zero bias.
 
     In training on the CPU, :meth:`path` picks what measured fastest (``benchmarks/conv_step.py``,
-    side by side): in bf16, :func:`matmul_conv2d` for a stride-1 "same" convolution on a map of
-    3 px or less (AlexNetSmall's conv3-conv5) and for a one-channel input (conv1); in fp32,
-    :func:`small_map_conv2d` for the small maps. Everywhere else oneDNN's own kernels are faster
-    (conv2 on 7x7 maps, AlexNet's 13x13 maps at 227 px, conv1 in fp32). The parameters and state
+    side by side; :meth:`suits`): in bf16, :func:`matmul_conv2d` for a stride-1 "same" convolution
+    on a map of 7 px or less (AlexNetSmall's conv2-conv5) and for a one-channel input (conv1); in
+    fp32, :func:`small_map_conv2d` for the 3 px maps (conv3-conv5). Everywhere else oneDNN's own
+    kernels are faster (AlexNet's 13x13 and 27x27 maps at 227 px, conv1 and conv2 in fp32). The parameters and state
     dict are the ``nn.Conv2d``'s, the outputs and gradients the same to float rounding.
     ``fast_paths = False`` gives the plain convolution everywhere. TorchScript always takes the
     plain convolution (what ``torch.jit.freeze`` fuses with the ReLU for inference), and so does a
@@ -232,10 +245,16 @@ class ConvReLU(nn.Module):
         """How ``x`` (``(B, C, H, W)``) is convolved: ``"matmul"``, ``"small-map"`` or ``"plain"``."""
         if not (self.fast_paths and self.plain_geometry and x.device.type == "cpu" and torch.is_grad_enabled()):
             return "plain"
-        small_map = self.same_size and max(x.shape[-2], x.shape[-1]) <= 3
-        if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
-            return "matmul" if small_map or self.conv.in_channels == 1 else "plain"
-        return "small-map" if small_map else "plain"
+        bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        path = "matmul" if bf16 else "small-map"
+        return path if self.suits(path, max(x.shape[-2:])) else "plain"
+
+    def suits(self, path: str, side: int) -> bool:
+        """Whether ``path`` is where this layer, on a ``side`` px map, measured faster than oneDNN
+        (in the precision that takes it: ``"matmul"`` in bf16, ``"small-map"`` in fp32)."""
+        if path == "matmul":
+            return (self.same_size and side <= MATMUL_MAX_MAP) or self.conv.in_channels == 1
+        return path == "small-map" and self.same_size and side <= SMALL_MAP
 
     @torch.jit.unused
     def _fast(self, x: torch.Tensor, path: str) -> torch.Tensor:
@@ -245,7 +264,7 @@ class ConvReLU(nn.Module):
         return small_map_conv2d(x, c.weight, c.bias, c.padding[0])
 
 
-def fast_paths(module: nn.Module, input_size: int, autocast: Any = None) -> dict[str, str]:
+def paths_taken(module: nn.Module, input_size: int, autocast: Any = None) -> dict[str, str]:
     """``{layer: path}`` for the :class:`ConvReLU` layers of ``module`` that take a fast path in a
     training step on ``input_size`` px images under ``autocast`` (a context manager, such as
     ``Compute.autocast()``; none: full precision), where ``module``'s parameters are (one forward
@@ -283,10 +302,6 @@ class LinearReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.relu(self.linear(x)))
-
-
-def _out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
 
 
 def feature_size(input_size: int) -> int:
