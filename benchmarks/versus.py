@@ -1,6 +1,6 @@
 """The train stage's code at another commit and in this checkout, side by side in one run.
 
-    python benchmarks/versus.py --rev 79a0a52 [--rounds 3] [--images 8192] [--epochs 2] [--precision fp32]
+    python benchmarks/versus.py --rev 79a0a52 [--rounds 3] [--images 16384] [--epochs 1] [--precision fp32]
 
 A shared machine's speed drifts by a third within an hour, so a figure from another day is no
 baseline. This checks ``--rev`` out into a temporary git worktree and runs variant (b) of
@@ -39,8 +39,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rev", required=True, help="the commit to compare against (the baseline)")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--images", type=int, default=8192)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--images", type=int, default=16_384, help="per epoch, as benchmarks/train.py")
+    p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--precision", default="", help="default: model.precision from params.yaml")
     args = p.parse_args()
 
