@@ -99,8 +99,9 @@ def test_fast_convolutions_match_conv2d_and_their_gradients_are_exact_in_float64
 def test_matmul_conv_gradients_equal_conv2ds_on_wide_im2col_and_7px_maps(channels, side, kernel):
     """The branches the small gradchecks above do not reach: the row-major copy of ``grad^T`` (an
     im2col matrix of ``ROW_MAJOR_MIN_COLS`` columns or more) and oneDNN's input gradient for a
-    "same" convolution on a map larger than ``SMALL_MAP`` (conv2's 7x7), with a channels-last
-    gradient as the model's ReLU and pooling pass back; float64, so equal to rounding."""
+    "same" convolution on a map larger than ``SMALL_MAP`` (conv2's 7x7, where conv_step.py forces
+    the path), with a channels-last gradient as the model's ReLU and pooling pass back; float64,
+    so equal to rounding."""
     torch.manual_seed(0)
     x = torch.randn(4, channels, side, side, dtype=torch.float64).to(memory_format=torch.channels_last)
     w = torch.randn(8, channels, kernel, kernel, dtype=torch.float64)
@@ -121,8 +122,7 @@ def test_fast_paths_run_where_they_are_faster_and_in_training_only():
     state = torch.random.get_rng_state()
     assert paths_taken(model, 67) == {"c3": "small-map", "c4": "small-map", "c5": "small-map"}
     bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
-    assert paths_taken(model, 67, bf16) == {"c1": "matmul", "c2": "matmul", "c3": "matmul", "c4": "matmul",
-                                            "c5": "matmul"}
+    assert paths_taken(model, 67, bf16) == {"c1": "matmul", "c3": "matmul", "c4": "matmul", "c5": "matmul"}
     assert not model.training and torch.equal(torch.random.get_rng_state(), state)  # left as they were
     x = torch.rand(2, 256, 3, 3)
     assert model.c3.path(x) == "small-map"
@@ -132,7 +132,7 @@ def test_fast_paths_run_where_they_are_faster_and_in_training_only():
     for autocast in (torch.autocast("cpu", enabled=False), bf16):
         with autocast:
             assert conv3.path(torch.rand(2, 384, 13, 13)) == "plain"
-    assert model.c2.path(torch.rand(2, 96, 7, 7)) == "plain"  # conv2 in fp32 too
+            assert model.c2.path(torch.rand(2, 96, 7, 7)) == "plain"  # conv2 too
     assert paths_taken(AlexNet(), 227) == {}
 
 

@@ -20,7 +20,6 @@ from torch import nn
 HIDDEN = {"AlexNet": 4096, "AlexNetSmall": 128}
 N_CLASSES = 10
 SMALL_MAP = 3  # px: AlexNetSmall's conv3-conv5 maps, where oneDNN's backward kernels do worst
-MATMUL_MAX_MAP = 7  # px: AlexNetSmall's conv2 map, the largest where the bf16 GEMMs beat oneDNN in a training step
 ROW_MAJOR_MIN_COLS = 1024  # im2col columns from which the weight gradient copies grad^T row-major
 
 
@@ -138,8 +137,7 @@ class _MatmulConv2d(torch.autograd.Function):
     it saves). The input gradient of a stride-1 "same" convolution on a small map
     (``SMALL_MAP``) is itself such a convolution, of the output's gradient by the flipped kernel
     with input and output channels swapped: ``im2col(grad) @ W_flipped``; on larger maps (conv2's
-    7x7, where that im2col matrix would be 160 MB) and other geometries oneDNN's backward-data
-    kernel is faster. Same parameters as ``nn.Conv2d``, same results up to float rounding.
+    7x7 would need a 160 MB im2col matrix) and other geometries oneDNN's backward-data kernel. Same parameters as ``nn.Conv2d``, same results up to float rounding.
     """
 
     @staticmethod
@@ -208,9 +206,12 @@ class ConvReLU(nn.Module):
 
     In training on the CPU, :meth:`path` picks what measured fastest (``benchmarks/conv_step.py``,
     side by side; :meth:`suits`): in bf16, :func:`matmul_conv2d` for a stride-1 "same" convolution
-    on a map of 7 px or less (AlexNetSmall's conv2-conv5) and for a one-channel input (conv1); in
-    fp32, :func:`small_map_conv2d` for the 3 px maps (conv3-conv5). Everywhere else oneDNN's own
-    kernels are faster (AlexNet's 13x13 and 27x27 maps at 227 px, conv1 and conv2 in fp32). The parameters and state
+    on a map of ``SMALL_MAP`` px or less (AlexNetSmall's conv3-conv5) and for a one-channel input
+    (conv1); in fp32, :func:`small_map_conv2d` for the small maps. Everywhere else oneDNN's own
+    kernels are faster in a training step: conv2 on 7x7 maps (in bf16 its GEMMs took 153.5 ms a
+    step against oneDNN's 145, though its weight gradient alone is 2.5x as fast as a GEMM: the
+    im2col matrix, 60 MB, and its forward GEMM cost more), AlexNet's 13x13 maps at 227 px, conv1
+    in fp32. The parameters and state
     dict are the ``nn.Conv2d``'s, the outputs and gradients the same to float rounding.
     ``fast_paths = False`` gives the plain convolution everywhere. TorchScript always takes the
     plain convolution (what ``torch.jit.freeze`` fuses with the ReLU for inference), and so does a
@@ -253,7 +254,7 @@ class ConvReLU(nn.Module):
         """Whether ``path`` is where this layer, on a ``side`` px map, measured faster than oneDNN
         (in the precision that takes it: ``"matmul"`` in bf16, ``"small-map"`` in fp32)."""
         if path == "matmul":
-            return (self.same_size and side <= MATMUL_MAX_MAP) or self.conv.in_channels == 1
+            return (self.same_size and side <= SMALL_MAP) or self.conv.in_channels == 1
         return path == "small-map" and self.same_size and side <= SMALL_MAP
 
     @torch.jit.unused
