@@ -16,7 +16,7 @@ import yaml
 
 import helpers
 from helpers import (BIN, DEBIAN, INSTALL_HINT, ROOT, env_for, make_repo, project_files,  # noqa: F401
-                     ran_stages, sh)
+                     ran_stages, sh, start_queue)
 
 CI = os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 SKIPS = pytest.StashKey[list]()

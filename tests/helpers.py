@@ -8,6 +8,7 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -78,6 +79,20 @@ def sh(repo: Path, *cmd: str, check: bool = True, env: dict | None = None,
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
                              f"{result.stderr[-4000:]}")
     return result
+
+
+def start_queue(repo: Path, workers: int = 2, env: dict | None = None) -> str:
+    """``dvc queue start -j workers`` in ``repo``; returns what it printed. Its output goes to a
+    file, not a pipe: the workers it starts in the background inherit the descriptors, and with a
+    pipe the call would wait for the whole queue to finish (under load, past ``sh``'s timeout)."""
+    with tempfile.TemporaryFile("w+") as out:
+        result = subprocess.run(["dvc", "queue", "start", "-j", str(workers)], cwd=repo, stdout=out,
+                                stderr=subprocess.STDOUT, text=True, env=env or env_for(repo), timeout=300)
+        out.seek(0)
+        printed = out.read()
+    if result.returncode != 0:
+        raise AssertionError(f"dvc queue start failed ({result.returncode}):\n{printed[-4000:]}")
+    return printed
 
 
 def ran_stages(output: str) -> set[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import make_repo, sh
+from helpers import make_repo, sh, start_queue
 
 QUEUED = {"q-seed1": 1, "q-seed2": 2}  # name -> train.seed; two epochs each, so curves are lines
 EPOCH_METRICS = ("train_loss", "valid_loss", "train_acc", "valid_acc", "lr")
@@ -91,7 +91,7 @@ def queued(one_epoch) -> dict:
                  "-n", name).stdout
         assert f"Queued experiment '{name}'" in out
     assert set(queue_status(repo).values()) == {"Queued"}
-    sh(repo, "dvc", "queue", "start", "-j", "2")
+    start_queue(repo, 2)
     deadline = time.monotonic() + 1800
     while True:
         status = queue_status(repo)

@@ -28,7 +28,7 @@ import pytest
 import requests
 import yaml
 
-from conftest import ROOT, env_for, make_repo, ran_stages, sh
+from conftest import ROOT, env_for, make_repo, ran_stages, sh, start_queue
 
 pytestmark = pytest.mark.slow
 
@@ -502,7 +502,7 @@ def test_four_queued_experiments_log_every_metric(stack, accounts, round_trip):
     for name, seed in QUEUED.items():
         sh(a["repo"], "dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.seed={seed}",
            "-S", "train.max_epochs=2", env=a["env"])
-    sh(a["repo"], "dvc", "queue", "start", "-j", "2", env=a["env"])
+    start_queue(a["repo"], 2, env=a["env"])
     try:
         deadline = time.monotonic() + 1800
         while True:
