@@ -21,9 +21,9 @@ Each variant trains on ``--images`` images per epoch and validates on as many pe
 as the train stage does (5,000 per 55,000 at the default params), so that the validation passes
 weigh what they weigh in the stage. What each epoch costs on top (the stage's checkpoint, about
 0.2 s, and MLflow's metrics) is paid once per 55,000 images in the stage: one epoch of 16,384
-images weighs it 3.4 times as much, where two epochs of 8,192 (the earlier default)
-weighed it 6.7 times, a tenth of (b)'s time at 67 px. Each timer starts after the net is built: the first optimizer
-a process builds imports torch's compiler (2-3 s, once per process), which a real run of 8 epochs
+images weighs it 3.4 times as much, where two epochs of 8,192 (the earlier default) weighed it
+6.7 times, a tenth of (b)'s time at 67 px. Each timer starts after the net is built: the first
+optimizer a process builds imports torch's compiler (2-3 s, once per process), which a real run of 8 epochs
 spreads over 4 minutes and a short benchmark would not.
 Each variant runs in its own process, so its peak memory is its own. Each fraction of peak is
 against the matmul peak of the precision the variant ran in, measured in the variant's process

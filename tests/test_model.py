@@ -99,8 +99,8 @@ def test_fast_convolutions_match_conv2d_and_their_gradients_are_exact_in_float64
 def test_matmul_conv_gradients_equal_conv2ds_on_wide_im2col_and_7px_maps(channels, side, kernel):
     """The branches the small gradchecks above do not reach: the row-major copy of ``grad^T`` (an
     im2col matrix of ``ROW_MAJOR_MIN_COLS`` columns or more) and oneDNN's input gradient for a
-    "same" convolution on a map larger than ``SMALL_MAP`` (conv2's 7x7, where conv_step.py forces
-    the path), with a channels-last gradient as the model's ReLU and pooling pass back; float64,
+    "same" convolution on a map larger than ``SMALL_MAP`` (conv2's 7x7, which the model leaves to
+    oneDNN but ``matmul_conv2d`` accepts), with a channels-last gradient as the model's ReLU and pooling pass back; float64,
     so equal to rounding."""
     torch.manual_seed(0)
     x = torch.randn(4, channels, side, side, dtype=torch.float64).to(memory_format=torch.channels_last)
