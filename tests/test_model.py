@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fmnist.model import (ROW_MAJOR_MIN_COLS, AlexNet, AlexNetSmall, ConvReLU, LinearReLU, feature_size,
-                          matmul_conv2d, paths_taken, small_map_conv2d)
+from fmnist.model import (ROW_MAJOR_MIN_COLS, SMALL_MAP, AlexNet, AlexNetSmall, ConvReLU, LinearReLU, feature_size,
+                          matmul_conv2d, paths_taken, row_gemm_conv2d, small_map_conv2d)
 
 
 @pytest.mark.parametrize("cls, size, first_linear", [(AlexNetSmall, 67, 256), (AlexNet, 227, 9216),
@@ -60,7 +60,7 @@ def test_lrn_is_optional():
     assert isinstance(AlexNetSmall().n1, torch.nn.Identity)
 
 
-# The fast paths (fmnist.model.matmul_conv2d in bf16, small_map_conv2d in fp32): same parameters,
+# The fast paths (fmnist.model.matmul_conv2d and row_gemm_conv2d in bf16, small_map_conv2d in fp32): same parameters,
 # outputs and gradients as nn.Conv2d to float rounding, computed another way.
 
 def plain(model: torch.nn.Module) -> torch.nn.Module:
@@ -87,8 +87,9 @@ def test_fast_convolutions_match_conv2d_and_their_gradients_are_exact_in_float64
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
     conv = torch.nn.functional.conv2d(x, w, b, stride, padding)
     fast = {"matmul": lambda *a: matmul_conv2d(*a, stride, padding)}
-    if stride == 1 and padding == kernel // 2:  # the small-map path's geometry: "same" convolutions
+    if stride == 1 and padding == kernel // 2:  # the small-map and row-GEMM paths' geometry: "same" convolutions
         fast["small-map"] = lambda *a: small_map_conv2d(*a, padding)
+        fast["row-gemm"] = lambda *a: row_gemm_conv2d(*a, padding)
     for name, f in fast.items():
         torch.testing.assert_close(f(x, w, b), conv, msg=name)
         assert torch.autograd.gradcheck(f, (x, w, b)), name
@@ -98,23 +99,27 @@ def test_fast_convolutions_match_conv2d_and_their_gradients_are_exact_in_float64
 @pytest.mark.parametrize("channels, side, kernel", [(3, 7, 5), (ROW_MAJOR_MIN_COLS // 9 + 1, 3, 3), (100, 7, 5)])
 def test_matmul_conv_gradients_equal_conv2ds_on_wide_im2col_and_7px_maps(channels, side, kernel):
     """The branches the small gradchecks above do not reach: the row-major copy of ``grad^T`` (an
-    im2col matrix of ``ROW_MAJOR_MIN_COLS`` columns or more) and oneDNN's input gradient for a
-    "same" convolution on a map larger than ``SMALL_MAP`` (conv2's 7x7, which the model leaves to
-    oneDNN but ``matmul_conv2d`` accepts), with a channels-last gradient as the model's ReLU and pooling pass back; float64,
-    so equal to rounding."""
+    im2col matrix of ``ROW_MAJOR_MIN_COLS`` columns or more), oneDNN's input gradient in
+    ``matmul_conv2d`` for a "same" convolution on a map larger than ``SMALL_MAP`` (conv2's 7x7,
+    which the model gives to ``row_gemm_conv2d``), and ``row_gemm_conv2d`` on conv2's geometry,
+    with a channels-last gradient as the model's ReLU and pooling pass back; float64, so equal to
+    rounding."""
     torch.manual_seed(0)
     x = torch.randn(4, channels, side, side, dtype=torch.float64).to(memory_format=torch.channels_last)
     w = torch.randn(8, channels, kernel, kernel, dtype=torch.float64)
     b = torch.randn(8, dtype=torch.float64)
     grad = torch.randn(4, 8, side, side, dtype=torch.float64).to(memory_format=torch.channels_last)
     results = []
-    for f in (torch.nn.functional.conv2d, matmul_conv2d):
+    row_gemm = (lambda x, w, b, _, padding: row_gemm_conv2d(x, w, b, padding)) if side > SMALL_MAP else None
+    for f in filter(None, (torch.nn.functional.conv2d, matmul_conv2d, row_gemm)):
         leaves = [t.clone().requires_grad_() for t in (x, w, b)]
         out = f(*leaves, 1, kernel // 2)
         out.backward(grad)
         results.append([out.detach()] + [t.grad for t in leaves])
-    for name, want, got in zip(("output", "grad x", "grad w", "grad b"), *results):
-        torch.testing.assert_close(got, want, msg=name)
+    assert len(results) == (3 if row_gemm else 2)
+    for name, want, *got in zip(("output", "grad x", "grad w", "grad b"), *results):
+        for path, value in zip(("matmul", "row-gemm"), got):
+            torch.testing.assert_close(value, want, msg=f"{path}: {name}")
 
 
 def test_fast_paths_run_where_they_are_faster_and_in_training_only():
@@ -122,17 +127,18 @@ def test_fast_paths_run_where_they_are_faster_and_in_training_only():
     state = torch.random.get_rng_state()
     assert paths_taken(model, 67) == {"c3": "small-map", "c4": "small-map", "c5": "small-map"}
     bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
-    assert paths_taken(model, 67, bf16) == {"c1": "matmul", "c3": "matmul", "c4": "matmul", "c5": "matmul"}
+    assert paths_taken(model, 67, bf16) == {"c1": "matmul", "c2": "row-gemm", "c3": "matmul", "c4": "matmul",
+                                            "c5": "matmul"}
     assert not model.training and torch.equal(torch.random.get_rng_state(), state)  # left as they were
     x = torch.rand(2, 256, 3, 3)
     assert model.c3.path(x) == "small-map"
     with torch.no_grad():  # prediction: the plain convolution
         assert model.c3.path(x) == "plain"
     conv3 = ConvReLU(384, 384, kernel_size=3, padding=1)  # AlexNet's 13x13 maps at 227 px: oneDNN's own
-    for autocast in (torch.autocast("cpu", enabled=False), bf16):
+    for autocast, conv2 in ((torch.autocast("cpu", enabled=False), "plain"), (bf16, "row-gemm")):
         with autocast:
             assert conv3.path(torch.rand(2, 384, 13, 13)) == "plain"
-            assert model.c2.path(torch.rand(2, 96, 7, 7)) == "plain"  # conv2 too
+            assert model.c2.path(torch.rand(2, 96, 7, 7)) == conv2
     assert paths_taken(AlexNet(), 227) == {}
 
 

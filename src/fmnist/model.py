@@ -20,6 +20,7 @@ from torch import nn
 HIDDEN = {"AlexNet": 4096, "AlexNetSmall": 128}
 N_CLASSES = 10
 SMALL_MAP = 3  # px: AlexNetSmall's conv3-conv5 maps, where oneDNN's backward kernels do worst
+ROW_GEMM_MAX_MAP = 7  # px: conv2's maps at 67 px, where bf16 takes the row-GEMM weight gradient
 ROW_MAJOR_MIN_COLS = 1024  # im2col columns from which the weight gradient copies grad^T row-major
 
 
@@ -68,25 +69,29 @@ def _out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-class _SmallMapConv2d(torch.autograd.Function):
-    """A stride-1 "same" ``conv2d`` whose weight gradient is computed as a forward convolution.
+class _OwnWeightGradConv2d(torch.autograd.Function):
+    """A stride-1 "same" ``conv2d``: oneDNN's forward pass and input gradient, and a weight gradient
+    of its own, where oneDNN's weight-gradient kernel does poorly.
 
-    The fp32 path on AlexNetSmall's 3x3 maps (in bf16 :class:`_MatmulConv2d` is faster). oneDNN's
-    weight-gradient kernels do poorly on maps of a few pixels: for the three 3x3 convolutions on 3x3
-    maps they take 5-7 times their forward pass.
-    The weight gradient of a convolution is itself a convolution, of the input by the output's
-    gradient with the batch as the summed channel: ``grad_w[o, i] = sum_b x[b, i] * g[b, o]``,
-    i.e. ``conv2d(x.transpose(0, 1), g.transpose(0, 1), padding=p).transpose(0, 1)``, which runs as
-    oneDNN's forward kernel, 3-5x as fast on 3x3 maps (in bf16 and fp32). The forward pass and the
-    input gradient stay oneDNN's own. Same parameters, same result up to float rounding.
+    * ``how="conv"`` (fp32, AlexNetSmall's 3x3 maps: the small-map path): the weight gradient of a
+      convolution is itself a convolution, of the input by the output's gradient with the batch as
+      the summed channel: ``grad_w[o, i] = sum_b x[b, i] * g[b, o]``, i.e. ``conv2d(x.transpose(0, 1),
+      g.transpose(0, 1), padding=p).transpose(0, 1)``, which runs as oneDNN's forward kernel, 3-5x
+      as fast on 3x3 maps. On those maps oneDNN's weight gradient takes 5-7 times the forward pass.
+    * ``how="gemm"`` (bf16, conv2's 7x7 maps: the row-GEMM path): :func:`weight_grad_by_kernel_rows`,
+      about 1.3x as fast as oneDNN's there, with memory flat.
+
+    Same parameters, same result up to float rounding.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, padding: int):
+    def forward(ctx, x, weight, bias, padding: int, how: str):
+        ctx.param_dtype = weight.dtype
+        weight = weight.to(x.dtype)
         ctx.save_for_backward(x, weight)
-        ctx.padding = padding
+        ctx.padding, ctx.how = padding, how
         ctx.has_bias = bias is not None
-        return nn.functional.conv2d(x, weight, bias, padding=padding)
+        return nn.functional.conv2d(x, weight, None if bias is None else bias.to(x.dtype), padding=padding)
 
     @staticmethod
     def backward(ctx, grad):
@@ -97,10 +102,41 @@ class _SmallMapConv2d(torch.autograd.Function):
             grad_x = torch.ops.aten.convolution_backward(
                 grad, x, weight, None, [1, 1], [p, p], [1, 1], False, [0, 0], 1, [True, False, False])[0]
         if ctx.needs_input_grad[1]:
-            grad_w = nn.functional.conv2d(x.transpose(0, 1), grad.transpose(0, 1), padding=p).transpose(0, 1)
+            if ctx.how == "gemm":
+                grad_w = weight_grad_by_kernel_rows(x, _rows_of(grad), weight.shape[-1], p)
+            else:
+                grad_w = nn.functional.conv2d(x.transpose(0, 1), grad.transpose(0, 1), padding=p).transpose(0, 1)
+            grad_w = _param_grad(grad_w, ctx.param_dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None
+            grad_b = grad.sum((0, 2, 3)).to(ctx.param_dtype)
+        return grad_x, grad_w, grad_b, None, None
+
+
+def _rows_of(grad: torch.Tensor) -> torch.Tensor:
+    """``grad`` (``(B, O, H, W)``) as ``grad^T``, ``(O, B*H*W)``, row-major: the operand of a weight
+    gradient's GEMM (a transposed bf16 operand halves the GEMM's speed on AMX)."""
+    return grad.permute(1, 0, 2, 3).reshape(grad.shape[1], -1).contiguous()
+
+
+def weight_grad_by_kernel_rows(x: torch.Tensor, grad_t: torch.Tensor, kernel: int, padding: int) -> torch.Tensor:
+    """The weight gradient of a stride-1 ``conv2d`` of ``x`` (``(B, C, H, W)``) whose output's
+    gradient is ``grad_t`` (:func:`_rows_of`), as ``kernel`` GEMMs, one per kernel row ``ky``:
+    ``grad_t @ cols_ky``, where ``cols_ky`` is the slice of the im2col matrix (:func:`im2col`) for
+    that row. Built one row at a time, the matrix never exists whole: for conv2 at batch 256 a
+    slice is 12 MB and is reused from glibc's heap, where the whole matrix (60 MB) would come as
+    fresh pages every step. Each product writes its own columns of the result, summed in fp32
+    inside the GEMM, so nothing is added up in bf16 afterwards."""
+    batch, channels, height, width = x.shape
+    out_channels = grad_t.shape[0]
+    padded = nn.functional.pad(x, (padding,) * 4).contiguous(memory_format=torch.channels_last)
+    out_h, out_w = _out(height, kernel, 1, padding), _out(width, kernel, 1, padding)
+    s_b, _, s_h, s_w = padded.stride()
+    rows = torch.empty(out_channels, kernel, kernel * channels, dtype=grad_t.dtype, device=grad_t.device)
+    for ky in range(kernel):
+        cols = padded.as_strided((batch, out_h, out_w, kernel * channels), (s_b, s_h, s_w, 1),
+                                 padded.storage_offset() + ky * s_h)
+        torch.mm(grad_t, cols.reshape(-1, kernel * channels), out=rows[:, ky])
+    return rows.view(out_channels, kernel, kernel, channels).permute(0, 3, 1, 2)
 
 
 def im2col(x: torch.Tensor, kernel: int, stride: int = 1, padding: int = 0) -> torch.Tensor:
@@ -128,91 +164,126 @@ class _MatmulConv2d(torch.autograd.Function):
     maps of conv3-conv5 the weight gradient takes 5-7 times the forward pass, the forward pass
     itself runs at a quarter of the matmul peak and the input gradient of conv4 at a quarter;
     conv1's weight gradient (11x11, stride 4, one input channel) costs seven times its forward
-    pass. Laid out as matrices (:func:`im2col`) they are plain GEMMs: the forward pass is
-    ``cols @ W``, written straight into a channels-last output, and the weight gradient
-    ``grad^T @ cols``, both operands row-major (a transposed bf16 operand halves the GEMM's speed
-    on AMX). The gradient arrives channels-last, so ``grad^T`` is a transposed view: copied
-    row-major first where ``cols`` is wide (conv2-conv5, 2,304-3,456 columns: the GEMM runs 1.1-1.4x
-    as fast, the copy costs a tenth of it), not for conv1's 121 columns (the copy costs more than
-    it saves). The input gradient of a stride-1 "same" convolution on a small map
-    (``SMALL_MAP``) is itself such a convolution, of the output's gradient by the flipped kernel
-    with input and output channels swapped: ``im2col(grad) @ W_flipped``; on larger maps (conv2's
-    7x7 would need a 160 MB im2col matrix) and other geometries oneDNN's backward-data kernel. Same parameters as ``nn.Conv2d``, same results up to float rounding.
+    pass. Laid out as matrices (:func:`im2col`) they are plain GEMMs:
+
+    * forward: ``cols @ W^T``, written straight into a channels-last output. ``W`` is the kernel
+      cast and laid out as ``(O, ky, kx, C)`` in one copy, a batch of small transposes; the full
+      transpose to ``(ky, kx, C, O)`` copied 2-3x as slowly, and as a GEMM operand the transposed
+      view of the small weight matrix runs about as fast.
+    * weight gradient: ``grad^T @ cols``, returned in the parameter's dtype and layout
+      (:func:`_param_grad`). The gradient arrives channels-last, so ``grad^T`` is a transposed
+      view, and a large transposed bf16 operand halves the GEMM's speed on AMX: it is copied
+      row-major first where ``cols`` has ``ROW_MAJOR_MIN_COLS`` columns or more (conv3-conv5,
+      2,304-3,456 columns: the GEMM runs 1.1-1.4x as fast, the copy costs a tenth of it), not for
+      conv1's 121 columns (there the copy costs more than it saves).
+    * input gradient: for a stride-1 "same" convolution on a small map (``SMALL_MAP``) it is
+      itself such a convolution, of the output's gradient by the flipped kernel with input and
+      output channels swapped: ``im2col(grad) @ W_flipped``. On larger maps (conv2's 7x7 would
+      need a 160 MB im2col matrix) and other geometries, oneDNN's backward-data kernel.
+
+    Same parameters as ``nn.Conv2d``, same results up to float rounding.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride: int, padding: int):
         out_channels, channels, k, _ = weight.shape
         cols = im2col(x, k, stride, padding)
-        w_rows = weight.permute(2, 3, 1, 0).reshape(k * k * channels, out_channels)
+        # (O, ky, kx, C): cast and laid out in one copy, a batch of small transposes (a full transpose
+        # to (ky, kx, C, O) copies 2-3x as slowly), and used transposed, about as fast a GEMM operand
+        w_rows = torch.empty(out_channels, k, k, channels, dtype=x.dtype, device=x.device)
+        w_rows = w_rows.copy_(weight.permute(0, 2, 3, 1)).view(out_channels, -1)
         out = torch.empty(x.shape[0], out_channels, _out(x.shape[2], k, stride, padding),
                           _out(x.shape[3], k, stride, padding), dtype=cols.dtype, device=x.device,
                           memory_format=torch.channels_last)  # a tensor of its own, not a view: ReLU works in place
         rows = out.permute(0, 2, 3, 1).view(-1, out_channels)
-        torch.mm(cols, w_rows, out=rows) if bias is None else torch.addmm(bias, cols, w_rows, out=rows)
-        ctx.save_for_backward(cols, x if ctx.needs_input_grad[0] else None, weight)
+        if bias is None:
+            torch.mm(cols, w_rows.t(), out=rows)
+        else:
+            torch.addmm(bias.to(x.dtype), cols, w_rows.t(), out=rows)
+        ctx.save_for_backward(cols, x if ctx.needs_input_grad[0] else None, w_rows)
         ctx.geometry = (k, stride, padding)
+        ctx.param_dtype = weight.dtype
         ctx.has_bias = bias is not None
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        cols, x, weight = ctx.saved_tensors
+        cols, x, w_rows = ctx.saved_tensors
         k, s, p = ctx.geometry
-        out_channels, channels = weight.shape[:2]
+        out_channels = w_rows.shape[0]
+        channels = w_rows.shape[1] // (k * k)
+        w_okkc = w_rows.view(out_channels, k, k, channels)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             if s == 1 and 2 * p == k - 1 and max(grad.shape[-2:]) <= SMALL_MAP:
-                w_flipped = weight.flip(2, 3).permute(2, 3, 0, 1).reshape(k * k * out_channels, channels)
+                w_flipped = w_okkc.flip(1, 2).permute(1, 2, 0, 3).reshape(k * k * out_channels, channels)
                 b, _, h, w = x.shape  # rows (b, y, x), columns c: the channels-last gradient
                 grad_x = (im2col(grad, k, 1, p) @ w_flipped).view(b, h, w, channels).permute(0, 3, 1, 2)
             else:
                 grad_x = torch.ops.aten.convolution_backward(
-                    grad, x, weight, None, [s, s], [p, p], [1, 1], False, [0, 0], 1, [True, False, False])[0]
-        grad_t = grad.permute(1, 0, 2, 3).reshape(out_channels, -1)  # (O, B*Ho*Wo), a view if grad is channels-last
-        if cols.shape[1] >= ROW_MAJOR_MIN_COLS:
-            grad_t = grad_t.contiguous()
+                    grad, x, w_okkc.permute(0, 3, 1, 2), None, [s, s], [p, p], [1, 1], False, [0, 0], 1,
+                    [True, False, False])[0]
+        grad_t = _rows_of(grad) if cols.shape[1] >= ROW_MAJOR_MIN_COLS else (
+            grad.permute(1, 0, 2, 3).reshape(out_channels, -1))  # (O, B*Ho*Wo), a view if grad is channels-last
         if ctx.needs_input_grad[1]:
-            grad_w = (grad_t @ cols).view(out_channels, k, k, channels).permute(0, 3, 1, 2)
+            grad_w = _param_grad((grad_t @ cols).view(out_channels, k, k, channels).permute(0, 3, 1, 2),
+                                 ctx.param_dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_t.sum(1)
+            grad_b = grad_t.sum(1).to(ctx.param_dtype)
         return grad_x, grad_w, grad_b, None, None
 
 
-def _in_autocast_dtype(*tensors: torch.Tensor | None) -> tuple:
-    """``tensors`` in the autocast dtype when autocast is on, as ``F.conv2d`` would compute."""
-    device = tensors[0].device.type
-    if not torch.is_autocast_enabled(device):
-        return tensors
-    dtype = torch.get_autocast_dtype(device)
-    return tuple(None if t is None else t.to(dtype) for t in tensors)
+def _param_grad(grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A weight's gradient, computed in another dtype or layout (``grad``), as the parameter's own:
+    ``dtype`` and contiguous, in one copy. AccumulateGrad then keeps it as it is; returned as it
+    was, it would be cast by autocast's backward and copied again into the parameter's layout."""
+    return torch.empty(grad.shape, dtype=dtype, device=grad.device).copy_(grad)
+
+
+def _in_autocast_dtype(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the autocast dtype when autocast is on, as ``F.conv2d`` would compute. The fast
+    paths take the parameters in their own dtype and cast them themselves (:func:`_param_grad`)."""
+    device = x.device.type
+    return x.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else x
 
 
 def matmul_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int = 1,
                   padding: int = 0) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, stride, padding)`` (square kernel and stride, groups and
     dilation 1) computed by :class:`_MatmulConv2d`."""
-    return _MatmulConv2d.apply(*_in_autocast_dtype(x, weight, bias), stride, padding)
+    return _MatmulConv2d.apply(_in_autocast_dtype(x), weight, bias, stride, padding)
 
 
 def small_map_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, padding=padding)`` (stride 1, odd square kernel, output as large
-    as the input) computed by :class:`_SmallMapConv2d`."""
-    return _SmallMapConv2d.apply(*_in_autocast_dtype(x, weight, bias), padding)
+    as the input) computed by :class:`_OwnWeightGradConv2d`, the weight gradient as a forward convolution."""
+    return _OwnWeightGradConv2d.apply(_in_autocast_dtype(x), weight, bias, padding, "conv")
+
+
+def row_gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, padding=padding)`` (stride 1, odd square kernel, output as large
+    as the input) computed by :class:`_OwnWeightGradConv2d`, the weight gradient as one GEMM per
+    kernel row (:func:`weight_grad_by_kernel_rows`)."""
+    return _OwnWeightGradConv2d.apply(_in_autocast_dtype(x), weight, bias, padding, "gemm")
 
 
 class ConvReLU(nn.Module):
     """Conv2d + ReLU, He (Kaiming normal) init, zero bias.
 
     In training on the CPU, :meth:`path` picks what measured fastest (``benchmarks/conv_step.py``,
-    side by side; :meth:`suits`): in bf16, :func:`matmul_conv2d` for a stride-1 "same" convolution
-    on a map of ``SMALL_MAP`` px or less (AlexNetSmall's conv3-conv5) and for a one-channel input
-    (conv1); in fp32, :func:`small_map_conv2d` for the small maps. Everywhere else oneDNN's own
-    kernels are faster in a training step: conv2 on 7x7 maps (in bf16 its GEMMs took 153.5 ms a
-    step against oneDNN's 145, though its weight gradient alone is 2.5x as fast as a GEMM: the
-    im2col matrix, 60 MB, and its forward GEMM cost more), AlexNet's 13x13 maps at 227 px, conv1
-    in fp32. The parameters and state
-    dict are the ``nn.Conv2d``'s, the outputs and gradients the same to float rounding.
+    side by side; :meth:`suits`):
+
+    * bf16: :func:`matmul_conv2d` for a stride-1 "same" convolution on a map of ``SMALL_MAP`` px
+      or less (AlexNetSmall's conv3-conv5) and for a one-channel input (conv1);
+      :func:`row_gemm_conv2d` for a "same" convolution on larger maps up to ``ROW_GEMM_MAX_MAP``
+      (conv2 on 7x7): oneDNN's forward pass and input gradient, the weight gradient as GEMMs. As
+      GEMMs throughout, conv2 took 153.5 ms a step against oneDNN's 145: its 60 MB im2col matrix
+      and its forward GEMM cost more than its weight gradient, 2.5x as fast as oneDNN's, saved.
+    * fp32: :func:`small_map_conv2d` for the small maps.
+
+    Everywhere else oneDNN's own kernels: AlexNet's 13x13 and 27x27 maps at 227 px (not measured
+    on the row-GEMM path), conv1 in fp32. The parameters and state dict are the ``nn.Conv2d``'s,
+    the outputs and gradients the same to float rounding.
     ``fast_paths = False`` gives the plain convolution everywhere. TorchScript always takes the
     plain convolution (what ``torch.jit.freeze`` fuses with the ReLU for inference), and so does a
     pass without gradients.
@@ -247,14 +318,16 @@ class ConvReLU(nn.Module):
         if not (self.fast_paths and self.plain_geometry and x.device.type == "cpu" and torch.is_grad_enabled()):
             return "plain"
         bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        path = "matmul" if bf16 else "small-map"
-        return path if self.suits(path, max(x.shape[-2:])) else "plain"
+        side = max(x.shape[-2:])
+        return next((p for p in (("matmul", "row-gemm") if bf16 else ("small-map",)) if self.suits(p, side)), "plain")
 
     def suits(self, path: str, side: int) -> bool:
         """Whether ``path`` is where this layer, on a ``side`` px map, measured faster than oneDNN
         (in the precision that takes it: ``"matmul"`` in bf16, ``"small-map"`` in fp32)."""
         if path == "matmul":
             return (self.same_size and side <= SMALL_MAP) or self.conv.in_channels == 1
+        if path == "row-gemm":
+            return self.same_size and SMALL_MAP < side <= ROW_GEMM_MAX_MAP
         return path == "small-map" and self.same_size and side <= SMALL_MAP
 
     @torch.jit.unused
@@ -262,6 +335,8 @@ class ConvReLU(nn.Module):
         c = self.conv
         if path == "matmul":
             return matmul_conv2d(x, c.weight, c.bias, c.stride[0], c.padding[0])
+        if path == "row-gemm":
+            return row_gemm_conv2d(x, c.weight, c.bias, c.padding[0])
         return small_map_conv2d(x, c.weight, c.bias, c.padding[0])
 
 
