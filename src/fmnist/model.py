@@ -86,7 +86,7 @@ class _OwnWeightGradConv2d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, padding: int, how: str):
-        ctx.param_dtype = weight.dtype
+        ctx.param_layout = (weight.dtype, weight.stride())
         weight = weight.to(x.dtype)
         ctx.save_for_backward(x, weight)
         ctx.padding, ctx.how = padding, how
@@ -106,9 +106,9 @@ class _OwnWeightGradConv2d(torch.autograd.Function):
                 grad_w = weight_grad_by_kernel_rows(x, _rows_of(grad), weight.shape[-1], p)
             else:
                 grad_w = nn.functional.conv2d(x.transpose(0, 1), grad.transpose(0, 1), padding=p).transpose(0, 1)
-            grad_w = _param_grad(grad_w, ctx.param_dtype)
+            grad_w = _param_grad(grad_w, *ctx.param_layout)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum((0, 2, 3)).to(ctx.param_dtype)
+            grad_b = grad.sum((0, 2, 3)).to(ctx.param_layout[0])
         return grad_x, grad_w, grad_b, None, None
 
 
@@ -202,7 +202,7 @@ class _MatmulConv2d(torch.autograd.Function):
             torch.addmm(bias.to(x.dtype), cols, w_rows.t(), out=rows)
         ctx.save_for_backward(cols, x if ctx.needs_input_grad[0] else None, w_rows)
         ctx.geometry = (k, stride, padding)
-        ctx.param_dtype = weight.dtype
+        ctx.param_layout = (weight.dtype, weight.stride())
         ctx.has_bias = bias is not None
         return out
 
@@ -227,17 +227,18 @@ class _MatmulConv2d(torch.autograd.Function):
             grad.permute(1, 0, 2, 3).reshape(out_channels, -1))  # (O, B*Ho*Wo), a view if grad is channels-last
         if ctx.needs_input_grad[1]:
             grad_w = _param_grad((grad_t @ cols).view(out_channels, k, k, channels).permute(0, 3, 1, 2),
-                                 ctx.param_dtype)
+                                 *ctx.param_layout)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_t.sum(1).to(ctx.param_dtype)
+            grad_b = grad_t.sum(1).to(ctx.param_layout[0])
         return grad_x, grad_w, grad_b, None, None
 
 
-def _param_grad(grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _param_grad(grad: torch.Tensor, dtype: torch.dtype, stride: tuple[int, ...]) -> torch.Tensor:
     """A weight's gradient, computed in another dtype or layout (``grad``), as the parameter's own:
-    ``dtype`` and contiguous, in one copy. AccumulateGrad then keeps it as it is; returned as it
-    was, it would be cast by autocast's backward and copied again into the parameter's layout."""
-    return torch.empty(grad.shape, dtype=dtype, device=grad.device).copy_(grad)
+    its ``dtype`` and ``stride`` (NCHW, or channels-last where ``Compute.layout`` made the model
+    so), in one copy. AccumulateGrad then keeps it as it is; returned as it was, it would be cast by
+    autocast's backward and copied again into the parameter's layout."""
+    return torch.empty_strided(grad.shape, stride, dtype=dtype, device=grad.device).copy_(grad)
 
 
 def _in_autocast_dtype(x: torch.Tensor) -> torch.Tensor:
