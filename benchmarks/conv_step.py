@@ -9,7 +9,8 @@ Builds the model once and copies it per variant, same weights: ``conv`` (every l
 oneDNN's forward and input gradient, the weight gradient as a forward convolution), ``matmul``
 (:func:`fmnist.model.matmul_conv2d`, im2col GEMMs, on the 3x3 maps and conv1), ``dense`` (the 3x3
 maps as one dense matrix product each, :func:`dense_conv2d` below: the issue's first idea, kept
-here to measure), ``default`` (the model's own choice: matmul in bf16, small-map in fp32), and
+here to measure), ``default`` (the model's own choice: matmul, and the row-GEMM weight gradient on
+conv2, in bf16; small-map in fp32; against ``matmul`` it shows what the row-GEMM path gives), and
 ``default`` with Adam's ``foreach`` and ``fused`` kernels. Each takes the same training step (autocast forward,
 fp32 loss, backward, Adam) on the same random batch, in turns, round after round, in bf16 (where
 the CPU has it natively) and in fp32. A shared machine slows the variants alike within a round,

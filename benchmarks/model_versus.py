@@ -94,8 +94,9 @@ def main() -> None:
     print(f"AlexNetSmall at 67 px, batch {args.batch}, {compute.precision}, {threads} threads; {args.rounds} rounds "
           f"of {args.steps} steps a side, in turns")
     for name, ts in times.items():
-        print(f"  {name:14s} median {statistics.median(ts) * 1e3:6.1f} ms a step ({args.batch / statistics.median(ts):.0f}"
-              f" images/s), fastest {min(ts) * 1e3:6.1f} ms")
+        median = statistics.median(ts)
+        print(f"  {name:14s} median {median * 1e3:6.1f} ms a step ({args.batch / median:.0f} images/s), "
+              f"fastest {min(ts) * 1e3:6.1f} ms")
     print(f"rev={rev} precision={compute.precision} baseline_step_ms={base * 1e3:.1f} step_ms={now * 1e3:.1f} "
           f"speedup={base / now:.3f}")
 

@@ -167,9 +167,10 @@ class _MatmulConv2d(torch.autograd.Function):
     pass. Laid out as matrices (:func:`im2col`) they are plain GEMMs:
 
     * forward: ``cols @ W^T``, written straight into a channels-last output. ``W`` is the kernel
-      cast and laid out as ``(O, ky, kx, C)`` in one copy, a batch of small transposes; the full
-      transpose to ``(ky, kx, C, O)`` copied 2-3x as slowly, and as a GEMM operand the transposed
-      view of the small weight matrix runs about as fast.
+      cast and laid out as ``(O, ky, kx, C)`` in one copy: a plain cast where the model is
+      channels-last (``Compute.layout`` in bf16), else a batch of small transposes. The full
+      transpose to ``(ky, kx, C, O)`` that a row-major ``W`` would need copied 2-3x as slowly, and
+      as a GEMM operand the transposed view of the small weight matrix runs about as fast.
     * weight gradient: ``grad^T @ cols``, returned in the parameter's dtype and layout
       (:func:`_param_grad`). The gradient arrives channels-last, so ``grad^T`` is a transposed
       view, and a large transposed bf16 operand halves the GEMM's speed on AMX: it is copied
@@ -188,8 +189,6 @@ class _MatmulConv2d(torch.autograd.Function):
     def forward(ctx, x, weight, bias, stride: int, padding: int):
         out_channels, channels, k, _ = weight.shape
         cols = im2col(x, k, stride, padding)
-        # (O, ky, kx, C): cast and laid out in one copy, a batch of small transposes (a full transpose
-        # to (ky, kx, C, O) copies 2-3x as slowly), and used transposed, about as fast a GEMM operand
         w_rows = torch.empty(out_channels, k, k, channels, dtype=x.dtype, device=x.device)
         w_rows = w_rows.copy_(weight.permute(0, 2, 3, 1)).view(out_channels, -1)
         out = torch.empty(x.shape[0], out_channels, _out(x.shape[2], k, stride, padding),
