@@ -31,6 +31,7 @@ import torch  # noqa: E402
 import fmnist.model  # noqa: E402
 from fmnist.allocator import tune_malloc_for  # noqa: E402
 from fmnist.compute import Compute, resolve_precision, set_threads  # noqa: E402
+from versus import short_rev  # noqa: E402  (benchmarks/versus.py)
 
 
 def model_at(rev: str, tmp: Path):
@@ -58,8 +59,7 @@ def main() -> None:
     tune_malloc_for(67)
     threads = set_threads(0)
     compute = Compute("cpu", resolve_precision(args.precision, "cpu"))
-    rev = subprocess.run(["git", "rev-parse", "--short", args.rev], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout.strip()
+    rev = short_rev(args.rev)
     with tempfile.TemporaryDirectory() as tmp:
         modules = {rev: model_at(rev, Path(tmp)), "this checkout": fmnist.model}
     torch.manual_seed(0)

@@ -26,6 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 
+def short_rev(rev: str) -> str:
+    """``rev`` as git's short commit hash, the name each side is printed under."""
+    return subprocess.run(["git", "rev-parse", "--short", rev], capture_output=True, text=True, cwd=ROOT,
+                          check=True).stdout.strip()
+
+
 def run_pipeline(src: Path, images: int, valid: int, epochs: int, precision: str) -> dict:
     """Variant (b) of benchmarks/train.py with ``src`` as the fmnist package's source."""
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train.py"), "--child", "pipeline",
@@ -48,8 +54,7 @@ def main() -> None:
 
     valid = stage_valid_images(args.images)
     flops = flops_per_image()
-    rev = subprocess.run(["git", "rev-parse", "--short", args.rev], capture_output=True, text=True, cwd=ROOT,
-                         check=True).stdout.strip()
+    rev = short_rev(args.rev)
     runs: dict[str, list[dict]] = {rev: [], "this checkout": []}
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp) / "baseline"
