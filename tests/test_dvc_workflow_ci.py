@@ -59,3 +59,14 @@ def test_workflow_report_step_writes_markdown_diffs(one_epoch, tmp_path):
     metrics = text.split("## Metrics: base", 1)[1]
     assert re.search(r"^\| metrics/evaluate\.json\s+\| test_accuracy\s+\|", metrics, re.M), text
     assert "## Metrics of the tiny-profile run" in text
+
+
+def test_ci_stops_in_one_line_when_the_temp_folder_is_too_small(tmp_path):
+    """scripts/check-disk.sh, the first step of .ci/run and the workflow: room or one clear line."""
+    check = ["bash", str(ROOT / "scripts" / "check-disk.sh")]
+    env = {"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path)}
+    assert subprocess.run([*check, "0"], capture_output=True, text=True, env=env).returncode == 0
+    short = subprocess.run([*check, "100000"], capture_output=True, text=True, env=env)
+    assert short.returncode == 1
+    assert re.fullmatch(rf"{re.escape(str(tmp_path))} has \d+ GB free; the test suite needs 100000 GB \(.*\)\n",
+                        short.stderr), short.stderr
