@@ -126,35 +126,35 @@ def weight_grad_by_kernel_rows(x: torch.Tensor, grad_t: torch.Tensor, kernel: in
     slice is 12 MB and is reused from glibc's heap, where the whole matrix (60 MB) would come as
     fresh pages every step. Each product writes its own columns of the result, summed in fp32
     inside the GEMM, so nothing is added up in bf16 afterwards."""
-    batch, channels, height, width = x.shape
-    out_channels = grad_t.shape[0]
-    padded = nn.functional.pad(x, (padding,) * 4).contiguous(memory_format=torch.channels_last)
-    out_h, out_w = _out(height, kernel, 1, padding), _out(width, kernel, 1, padding)
-    s_b, _, s_h, s_w = padded.stride()
+    out_channels, channels = grad_t.shape[0], x.shape[1]
+    windows = kernel_windows(x, kernel, 1, padding)
     rows = torch.empty(out_channels, kernel, kernel * channels, dtype=grad_t.dtype, device=grad_t.device)
     for ky in range(kernel):
-        cols = padded.as_strided((batch, out_h, out_w, kernel * channels), (s_b, s_h, s_w, 1),
-                                 padded.storage_offset() + ky * s_h)
-        torch.mm(grad_t, cols.reshape(-1, kernel * channels), out=rows[:, ky])
+        torch.mm(grad_t, windows[:, :, :, ky].reshape(-1, kernel * channels), out=rows[:, ky])
     return rows.view(out_channels, kernel, kernel, channels).permute(0, 3, 1, 2)
 
 
-def im2col(x: torch.Tensor, kernel: int, stride: int = 1, padding: int = 0) -> torch.Tensor:
-    """The im2col matrix of ``x`` (``(B, C, H, W)``): one row per output position ``(b, oy, ox)``,
-    one column per ``(ky, kx, c)``, so that a convolution is ``im2col(x) @ weight_rows``.
-
-    In channels-last memory the ``kernel * C`` values of one kernel row (``kx``, ``c``) lie next to
-    each other, so the matrix is one strided view of the padded input, copied in runs of that
-    length: 2-2.5x as fast as gathering runs of ``C`` through ``unfold``.
-    """
+def kernel_windows(x: torch.Tensor, kernel: int, stride: int = 1, padding: int = 0) -> torch.Tensor:
+    """The convolution windows of ``x`` (``(B, C, H, W)``) as one strided view, no copy:
+    ``(B, out_h, out_w, kernel, kernel * C)``, indexed by output position, then kernel row, then
+    ``(kx, c)``. In channels-last memory the ``kernel * C`` values of one kernel row lie next to each
+    other, so a copy of the view runs in blocks of that length: 2-2.5x as fast as gathering runs of
+    ``C`` through ``unfold``."""
     batch, channels, height, width = x.shape
     padded = nn.functional.pad(x, (padding,) * 4) if padding else x
     padded = padded.contiguous(memory_format=torch.channels_last)
     out_h, out_w = _out(height, kernel, stride, padding), _out(width, kernel, stride, padding)
     s_b, _, s_h, s_w = padded.stride()
-    windows = padded.as_strided((batch, out_h, out_w, kernel, kernel * channels),
-                                (s_b, stride * s_h, stride * s_w, s_h, 1), padded.storage_offset())
-    return windows.reshape(batch * out_h * out_w, kernel * kernel * channels)
+    return padded.as_strided((batch, out_h, out_w, kernel, kernel * channels),
+                             (s_b, stride * s_h, stride * s_w, s_h, 1), padded.storage_offset())
+
+
+def im2col(x: torch.Tensor, kernel: int, stride: int = 1, padding: int = 0) -> torch.Tensor:
+    """The im2col matrix of ``x`` (``(B, C, H, W)``): one row per output position ``(b, oy, ox)``,
+    one column per ``(ky, kx, c)``, so that a convolution is ``im2col(x) @ weight_rows``; a copy of
+    :func:`kernel_windows`."""
+    windows = kernel_windows(x, kernel, stride, padding)
+    return windows.reshape(-1, kernel * windows.shape[-1])
 
 
 class _MatmulConv2d(torch.autograd.Function):
