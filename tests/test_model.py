@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fmnist.model import (ROW_MAJOR_MIN_COLS, SMALL_MAP, AlexNet, AlexNetSmall, ConvReLU, LinearReLU, feature_size,
-                          matmul_conv2d, paths_taken, row_gemm_conv2d, small_map_conv2d)
+from fmnist.model import (CL_POOL_MAX_MAP, ROW_MAJOR_MIN_COLS, SMALL_MAP, AlexNet, AlexNetSmall, ConvReLU, LinearReLU,
+                          MaxPool2d, feature_size, matmul_conv2d, paths_taken, row_gemm_conv2d, small_map_conv2d)
 
 
 @pytest.mark.parametrize("cls, size, first_linear", [(AlexNetSmall, 67, 256), (AlexNet, 227, 9216),
@@ -213,3 +213,36 @@ def test_pooling_before_the_relu_gives_the_same_bits():
             grads.append([p.grad.clone() for p in model.parameters()])
         assert torch.equal(outs[0], outs[1])
         assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_small_nchw_maps_pool_in_channels_last_with_the_same_bits(monkeypatch):
+    torch.manual_seed(0)
+    fast = AlexNetSmall(dropout=0.0)
+    slow = AlexNetSmall(dropout=0.0)
+    slow.load_state_dict(fast.state_dict())
+    for name in ("p1", "p2", "p3"):
+        assert isinstance(getattr(fast, name), MaxPool2d)
+        setattr(slow, name, torch.nn.MaxPool2d(3, 2))
+    x = torch.rand(8, 1, 67, 67)
+    x[:, :, :30] = 0  # a blank top half: windows of equal values, where the first maximum must win in both
+    pooled = []  # (side, channels-last?) of each map the model's pools hand to max_pool2d
+    real = torch.nn.functional.max_pool2d
+
+    def spy(t, *args, **kwargs):
+        pooled.append((t.shape[-1], t.is_contiguous(memory_format=torch.channels_last)))
+        return real(t, *args, **kwargs)
+
+    outs, grads = [], []
+    for model in (fast, slow):
+        monkeypatch.setattr(torch.nn.functional, "max_pool2d", spy if model is fast else real)
+        out = model(x)
+        out.square().sum().backward()
+        outs.append(out)
+        grads.append([p.grad for p in model.parameters()])
+    assert pooled == [(15, True), (7, True), (3, True)]  # the fp32 model is NCHW; its pools are not
+    assert torch.equal(outs[0], outs[1])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    big = torch.rand(2, 4, CL_POOL_MAX_MAP + 2, CL_POOL_MAX_MAP + 2)
+    pooled.clear()
+    monkeypatch.setattr(torch.nn.functional, "max_pool2d", spy)
+    assert MaxPool2d(3, 2)(big).is_contiguous() and pooled == [(CL_POOL_MAX_MAP + 2, False)]
