@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from fmnist.model import (CL_POOL_MAX_MAP, ROW_MAJOR_MIN_COLS, SMALL_MAP, AlexNet, AlexNetSmall, ConvReLU, LinearReLU,
-                          MaxPool2d, feature_size, matmul_conv2d, paths_taken, row_gemm_conv2d, small_map_conv2d)
+                          MaxPool2d, feature_size, im2col, kernel_windows, matmul_conv2d, paths_taken, row_gemm_conv2d,
+                          small_map_conv2d)
 
 
 @pytest.mark.parametrize("cls, size, first_linear", [(AlexNetSmall, 67, 256), (AlexNet, 227, 9216),
@@ -120,6 +121,26 @@ def test_matmul_conv_gradients_equal_conv2ds_on_wide_im2col_and_7px_maps(channel
     for name, want, *got in zip(("output", "grad x", "grad w", "grad b"), *results):
         for path, value in zip(("matmul", "row-gemm"), got):
             torch.testing.assert_close(value, want, msg=f"{path}: {name}")
+
+
+def test_padded_windows_reuse_one_zero_bordered_buffer_per_shape():
+    """``kernel_windows`` pads into a buffer kept per shape and writes only its inside: a second
+    input of the same shape gets the same memory, its border still zero; one that autograd
+    records pads as ``F.pad`` does."""
+    torch.manual_seed(0)
+    first, second = (torch.randn(2, 5, 3, 3, dtype=torch.bfloat16) for _ in range(2))
+    windows = kernel_windows(first, 3, 1, 1)
+    pointer = windows.data_ptr()
+    cols = im2col(second, 3, 1, 1)  # a copy, taken before the buffer is reused again
+    assert kernel_windows(second, 3, 1, 1).data_ptr() == pointer
+    for x, got in ((second, cols), (first, im2col(first, 3, 1, 1))):
+        unfolded = torch.nn.functional.unfold(x.float(), 3, padding=1)  # (B, C*9, 9): columns (c, ky, kx)
+        want = unfolded.view(2, 5, 3, 3, 9).permute(0, 4, 2, 3, 1).reshape(18, 45)  # rows (b, y, x), (ky, kx, c)
+        assert torch.equal(got.float(), want)
+    leaf = first.float().requires_grad_()
+    kernel_windows(leaf, 3, 1, 1).sum().backward()
+    windows_per_pixel = torch.tensor([[4.0, 6.0, 4.0], [6.0, 9.0, 6.0], [4.0, 6.0, 4.0]])  # the border: no gradient
+    assert torch.equal(leaf.grad, windows_per_pixel.expand(2, 5, 3, 3))
 
 
 def test_fast_paths_run_where_they_are_faster_and_in_training_only():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ SMALL_MAP = 3  # px: AlexNetSmall's conv3-conv5 maps, where oneDNN's backward ke
 ROW_GEMM_MAX_MAP = 7  # px: conv2's maps at 67 px, where bf16 takes the row-GEMM weight gradient
 ROW_MAJOR_MIN_COLS = 1024  # im2col columns from which the weight gradient copies grad^T row-major
 CL_POOL_MAX_MAP = 15  # px: the largest NCHW map that MaxPool2d pools in channels-last (AlexNetSmall's)
+BORDERED_BUFFERS = 16  # zero-bordered inputs kept per thread (kernel_windows); a training run uses 3-6
 
 
 @dataclass(frozen=True)
@@ -102,21 +104,25 @@ class _OwnWeightGradConv2d(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = torch.ops.aten.convolution_backward(
                 grad, x, weight, None, [1, 1], [p, p], [1, 1], False, [0, 0], 1, [True, False, False])[0]
+        grad_t = _rows_of(grad) if ctx.how == "gemm" else None
         if ctx.needs_input_grad[1]:
-            if ctx.how == "gemm":
-                grad_w = weight_grad_by_kernel_rows(x, _rows_of(grad), weight.shape[-1], p)
+            if grad_t is not None:
+                grad_w = weight_grad_by_kernel_rows(x, grad_t, weight.shape[-1], p)
             else:
                 grad_w = nn.functional.conv2d(x.transpose(0, 1), grad.transpose(0, 1), padding=p).transpose(0, 1)
             grad_w = _param_grad(grad_w, *ctx.param_layout)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum((0, 2, 3)).to(ctx.param_layout[0])
+            grad_b = (grad.sum((0, 2, 3)) if grad_t is None else grad_t.sum(1)).to(ctx.param_layout[0])
         return grad_x, grad_w, grad_b, None, None
 
 
 def _rows_of(grad: torch.Tensor) -> torch.Tensor:
     """``grad`` (``(B, O, H, W)``) as ``grad^T``, ``(O, B*H*W)``, row-major: the operand of a weight
-    gradient's GEMM (a transposed bf16 operand halves the GEMM's speed on AMX)."""
-    return grad.permute(1, 0, 2, 3).reshape(grad.shape[1], -1).contiguous()
+    gradient's GEMM (a transposed bf16 operand halves the GEMM's speed on AMX). A channels-last
+    ``grad`` is copied twice, to NCHW and then to ``(O, B, H*W)``: PyTorch copies the one 2-D
+    transpose this is in a single thread, 1.1-1.6x as slowly as the two copies (AlexNetSmall's
+    conv2 and conv3-conv5 gradients, bf16, batch 256)."""
+    return grad.contiguous().transpose(0, 1).reshape(grad.shape[1], -1)
 
 
 def weight_grad_by_kernel_rows(x: torch.Tensor, grad_t: torch.Tensor, kernel: int, padding: int) -> torch.Tensor:
@@ -135,27 +141,59 @@ def weight_grad_by_kernel_rows(x: torch.Tensor, grad_t: torch.Tensor, kernel: in
     return rows.view(out_channels, kernel, kernel, channels).permute(0, 3, 1, 2)
 
 
-def kernel_windows(x: torch.Tensor, kernel: int, stride: int = 1, padding: int = 0) -> torch.Tensor:
-    """The convolution windows of ``x`` (``(B, C, H, W)``) as one strided view, no copy:
-    ``(B, out_h, out_w, kernel, kernel * C)``, indexed by output position, then kernel row, then
-    ``(kx, c)``. In channels-last memory the ``kernel * C`` values of one kernel row lie next to each
-    other, so a copy of the view runs in blocks of that length: 2-2.5x as fast as gathering runs of
-    ``C`` through ``unfold``."""
+_BORDERED = threading.local()
+
+
+def _zero_bordered(x: torch.Tensor, padding: int) -> torch.Tensor:
+    """``x`` (``(B, C, H, W)``) inside a border of ``padding`` zeros, channels-last, like
+    ``F.pad``, but in a buffer kept per thread and shape: only the inside is written, the border
+    stays zero from the buffer's first use. That saves ``F.pad``'s zero fill of the whole tensor,
+    about half its time (the zero padding of a bf16 step's six 3x3-map im2col matrices and conv2's
+    weight gradient). The result is overwritten by the next call for the same shape in the same
+    thread; where autograd would record the copy, it is ``F.pad``'s own tensor."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return nn.functional.pad(x, (padding,) * 4).contiguous(memory_format=torch.channels_last)
+    buffers = _BORDERED.__dict__.setdefault("buffers", {})
     batch, channels, height, width = x.shape
-    padded = nn.functional.pad(x, (padding,) * 4) if padding else x
-    padded = padded.contiguous(memory_format=torch.channels_last)
+    key = (x.shape, padding, x.dtype, x.device)
+    if key not in buffers:
+        if len(buffers) >= BORDERED_BUFFERS:
+            buffers.clear()
+        buffers[key] = torch.empty(batch, channels, height + 2 * padding, width + 2 * padding, dtype=x.dtype,
+                                   device=x.device, memory_format=torch.channels_last).zero_()
+    bordered = buffers[key]
+    bordered[:, :, padding:padding + height, padding:padding + width].copy_(x)
+    return bordered
+
+
+def kernel_windows(x: torch.Tensor, kernel: int, stride: int = 1, padding: int = 0) -> torch.Tensor:
+    """The convolution windows of ``x`` (``(B, C, H, W)``) as one strided view, no copy of their
+    own: ``(B, out_h, out_w, kernel, kernel * C)``, indexed by output position, then kernel row,
+    then ``(kx, c)``. In channels-last memory the ``kernel * C`` values of one kernel row lie next
+    to each other, so a copy of the view runs in blocks of that length: 2-2.5x as fast as gathering
+    runs of ``C`` through ``unfold``. With ``padding`` the view is of :func:`_zero_bordered`'s
+    buffer: copy what you need of it before the next call."""
+    batch, channels, height, width = x.shape
+    padded = _zero_bordered(x, padding) if padding else x.contiguous(memory_format=torch.channels_last)
     out_h, out_w = _out(height, kernel, stride, padding), _out(width, kernel, stride, padding)
     s_b, _, s_h, s_w = padded.stride()
     return padded.as_strided((batch, out_h, out_w, kernel, kernel * channels),
                              (s_b, stride * s_h, stride * s_w, s_h, 1), padded.storage_offset())
 
 
-def im2col(x: torch.Tensor, kernel: int, stride: int = 1, padding: int = 0) -> torch.Tensor:
+def im2col(x: torch.Tensor, kernel: int, stride: int = 1, padding: int = 0, ones: bool = False) -> torch.Tensor:
     """The im2col matrix of ``x`` (``(B, C, H, W)``): one row per output position ``(b, oy, ox)``,
     one column per ``(ky, kx, c)``, so that a convolution is ``im2col(x) @ weight_rows``; a copy of
-    :func:`kernel_windows`."""
+    :func:`kernel_windows`. With ``ones``, one more column, of ones: the bias's input, so that the
+    bias is added in the forward GEMM and its gradient summed in the weight gradient's."""
     windows = kernel_windows(x, kernel, stride, padding)
-    return windows.reshape(-1, kernel * windows.shape[-1])
+    taps = kernel * windows.shape[-1]
+    if not ones:
+        return windows.reshape(-1, taps)
+    cols = torch.empty(windows.shape[:3].numel(), taps + 1, dtype=x.dtype, device=x.device)
+    cols[:, :taps].view(windows.shape).copy_(windows)
+    cols[:, taps] = 1
+    return cols
 
 
 class _MatmulConv2d(torch.autograd.Function):
@@ -178,10 +216,15 @@ class _MatmulConv2d(torch.autograd.Function):
       row-major first where ``cols`` has ``ROW_MAJOR_MIN_COLS`` columns or more (conv3-conv5,
       2,304-3,456 columns: the GEMM runs 1.1-1.4x as fast, the copy costs a tenth of it), not for
       conv1's 121 columns (there the copy costs more than it saves).
+    * bias: where ``grad^T`` stays a transposed view, its sum for the bias's gradient runs slowly
+      too (1.1 ms of conv1's 8.5, forward and backward at batch 256). There ``cols`` gets a column
+      of ones and ``W`` the bias (:func:`im2col`'s ``ones``): the forward GEMM adds the bias and
+      the weight gradient's GEMM sums its gradient, 1.15x as fast for conv1 in all.
     * input gradient: for a stride-1 "same" convolution on a small map (``SMALL_MAP``) it is
       itself such a convolution, of the output's gradient by the flipped kernel with input and
-      output channels swapped: ``im2col(grad) @ W_flipped``. On larger maps (conv2's 7x7 would
-      need a 160 MB im2col matrix) and other geometries, oneDNN's backward-data kernel.
+      output channels swapped: ``im2col(grad) @ W_flipped``, ``W_flipped`` laid out by one
+      ``index_select``. On larger maps (conv2's 7x7 would need a 160 MB im2col matrix) and other
+      geometries, oneDNN's backward-data kernel.
 
     Same parameters as ``nn.Conv2d``, same results up to float rounding.
     """
@@ -189,47 +232,56 @@ class _MatmulConv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride: int, padding: int):
         out_channels, channels, k, _ = weight.shape
-        cols = im2col(x, k, stride, padding)
-        w_rows = torch.empty(out_channels, k, k, channels, dtype=x.dtype, device=x.device)
-        w_rows = w_rows.copy_(weight.permute(0, 2, 3, 1)).view(out_channels, -1)
+        taps = k * k * channels
+        # Where grad^T stays a transposed view (few columns: conv1), summing it for the bias gradient
+        # runs at a tenth of the GEMM's speed: the bias rides in the GEMMs instead, as a column of ones.
+        ones_column = bias is not None and taps < ROW_MAJOR_MIN_COLS
+        cols = im2col(x, k, stride, padding, ones=ones_column)
+        w_rows = torch.empty(out_channels, cols.shape[1], dtype=x.dtype, device=x.device)
+        w_rows[:, :taps].view(out_channels, k, k, channels).copy_(weight.permute(0, 2, 3, 1))
+        if ones_column:
+            w_rows[:, taps] = bias
         out = torch.empty(x.shape[0], out_channels, _out(x.shape[2], k, stride, padding),
                           _out(x.shape[3], k, stride, padding), dtype=cols.dtype, device=x.device,
                           memory_format=torch.channels_last)  # a tensor of its own, not a view: ReLU works in place
         rows = out.permute(0, 2, 3, 1).view(-1, out_channels)
-        if bias is None:
+        if bias is None or ones_column:
             torch.mm(cols, w_rows.t(), out=rows)
         else:
             torch.addmm(bias.to(x.dtype), cols, w_rows.t(), out=rows)
         ctx.save_for_backward(cols, x if ctx.needs_input_grad[0] else None, w_rows)
-        ctx.geometry = (k, stride, padding)
+        ctx.geometry = (k, stride, padding, channels)
         ctx.param_layout = (weight.dtype, weight.stride())
-        ctx.has_bias = bias is not None
+        ctx.has_bias, ctx.ones_column = bias is not None, ones_column
         return out
 
     @staticmethod
     def backward(ctx, grad):
         cols, x, w_rows = ctx.saved_tensors
-        k, s, p = ctx.geometry
-        out_channels = w_rows.shape[0]
-        channels = w_rows.shape[1] // (k * k)
-        w_okkc = w_rows.view(out_channels, k, k, channels)
+        k, s, p, channels = ctx.geometry
+        out_channels, taps = w_rows.shape[0], k * k * channels
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             if s == 1 and 2 * p == k - 1 and max(grad.shape[-2:]) <= SMALL_MAP:
-                w_flipped = w_okkc.flip(1, 2).permute(1, 2, 0, 3).reshape(k * k * out_channels, channels)
+                # the kernel's k*k taps in reverse order, (taps, O, C): one copy, half the time of a flip and a reshape
+                reverse = torch.arange(k * k - 1, -1, -1, device=w_rows.device)
+                w_flipped = w_rows[:, :taps].unflatten(1, (k * k, channels)).transpose(0, 1).index_select(0, reverse)
                 b, _, h, w = x.shape  # rows (b, y, x), columns c: the channels-last gradient
-                grad_x = (im2col(grad, k, 1, p) @ w_flipped).view(b, h, w, channels).permute(0, 3, 1, 2)
+                grad_x = (im2col(grad, k, 1, p) @ w_flipped.view(-1, channels)).view(b, h, w, channels)
+                grad_x = grad_x.permute(0, 3, 1, 2)
             else:
+                w_oikk = w_rows[:, :taps].unflatten(1, (k, k, channels)).permute(0, 3, 1, 2)
                 grad_x = torch.ops.aten.convolution_backward(
-                    grad, x, w_okkc.permute(0, 3, 1, 2), None, [s, s], [p, p], [1, 1], False, [0, 0], 1,
-                    [True, False, False])[0]
+                    grad, x, w_oikk, None, [s, s], [p, p], [1, 1], False, [0, 0], 1, [True, False, False])[0]
         grad_t = _rows_of(grad) if cols.shape[1] >= ROW_MAJOR_MIN_COLS else (
             grad.permute(1, 0, 2, 3).reshape(out_channels, -1))  # (O, B*Ho*Wo), a view if grad is channels-last
+        # (O, taps), and with the ones column (O, taps + 1): the weight's gradient, then the bias's
+        grad_rows = grad_t @ cols if ctx.needs_input_grad[1] or ctx.ones_column and ctx.needs_input_grad[2] else None
         if ctx.needs_input_grad[1]:
-            grad_w = _param_grad((grad_t @ cols).view(out_channels, k, k, channels).permute(0, 3, 1, 2),
+            grad_w = _param_grad(grad_rows[:, :taps].unflatten(1, (k, k, channels)).permute(0, 3, 1, 2),
                                  *ctx.param_layout)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_t.sum(1).to(ctx.param_layout[0])
+            grad_b = (grad_rows[:, taps] if ctx.ones_column else grad_t.sum(1)).to(ctx.param_layout[0])
         return grad_x, grad_w, grad_b, None, None
 
 
