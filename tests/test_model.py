@@ -83,7 +83,7 @@ def step_grads(model: torch.nn.Module, x: torch.Tensor, bf16: bool) -> tuple[tor
                                                          (4, 0, 19, 11), (2, 1, 6, 3)])
 def test_fast_convolutions_match_conv2d_and_their_gradients_are_exact_in_float64(stride, padding, side, kernel):
     torch.manual_seed(0)
-    x = torch.randn(2, 3, side, side, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 3, side, side, dtype=torch.float64, requires_grad=True)  # odd and even B*H*W
     w = torch.randn(4, 3, kernel, kernel, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
     conv = torch.nn.functional.conv2d(x, w, b, stride, padding)

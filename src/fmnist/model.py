@@ -215,7 +215,8 @@ class _MatmulConv2d(torch.autograd.Function):
       view, and a large transposed bf16 operand halves the GEMM's speed on AMX: it is copied
       row-major first where ``cols`` has ``ROW_MAJOR_MIN_COLS`` columns or more (conv3-conv5,
       2,304-3,456 columns: the GEMM runs 1.1-1.4x as fast, the copy costs a tenth of it), not for
-      conv1's 121 columns (there the copy costs more than it saves).
+      conv1's 121 columns (there the copy costs more than it saves). There the product is small and
+      its inner dimension long: it runs as two halves (:func:`_halves_product`).
     * bias: where ``grad^T`` stays a transposed view, its sum for the bias's gradient runs slowly
       too (1.1 ms of conv1's 8.5, forward and backward at batch 256). There ``cols`` gets a column
       of ones and ``W`` the bias (:func:`im2col`'s ``ones``): the forward GEMM adds the bias and
@@ -273,16 +274,33 @@ class _MatmulConv2d(torch.autograd.Function):
                 w_oikk = w_rows[:, :taps].unflatten(1, (k, k, channels)).permute(0, 3, 1, 2)
                 grad_x = torch.ops.aten.convolution_backward(
                     grad, x, w_oikk, None, [s, s], [p, p], [1, 1], False, [0, 0], 1, [True, False, False])[0]
-        grad_t = _rows_of(grad) if cols.shape[1] >= ROW_MAJOR_MIN_COLS else (
+        wide = cols.shape[1] >= ROW_MAJOR_MIN_COLS
+        grad_t = _rows_of(grad) if wide else (
             grad.permute(1, 0, 2, 3).reshape(out_channels, -1))  # (O, B*Ho*Wo), a view if grad is channels-last
         # (O, taps), and with the ones column (O, taps + 1): the weight's gradient, then the bias's
-        grad_rows = grad_t @ cols if ctx.needs_input_grad[1] or ctx.ones_column and ctx.needs_input_grad[2] else None
+        grad_rows = None
+        if ctx.needs_input_grad[1] or ctx.ones_column and ctx.needs_input_grad[2]:
+            grad_rows = grad_t @ cols if wide else _halves_product(grad_t, cols, ctx.param_layout[0])
         if ctx.needs_input_grad[1]:
             grad_w = _param_grad(grad_rows[:, :taps].unflatten(1, (k, k, channels)).permute(0, 3, 1, 2),
                                  *ctx.param_layout)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = (grad_rows[:, taps] if ctx.ones_column else grad_t.sum(1)).to(ctx.param_layout[0])
         return grad_x, grad_w, grad_b, None, None
+
+
+def _halves_product(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``a @ b`` for a small product over a long inner dimension (conv1's weight gradient: ``(96,
+    57,600) @ (57,600, 122)`` at batch 256) as two half products, one ``bmm``, summed in ``dtype``.
+    oneDNN splits such a product along its small output and streams the whole inner dimension
+    through each thread's blocks; the ``bmm`` gives each thread one half: 3.19 -> 2.48 ms, and no
+    less exact (each half rounded to bf16 once, as the whole product was, then summed in fp32).
+    An odd inner dimension takes the plain product."""
+    inner = a.shape[1]
+    if inner % 2:
+        return (a @ b).to(dtype)
+    halves = torch.bmm(a.view(a.shape[0], 2, inner // 2).transpose(0, 1), b.view(2, inner // 2, b.shape[1]))
+    return halves.sum(0, dtype=dtype)
 
 
 def _param_grad(grad: torch.Tensor, dtype: torch.dtype, stride: tuple[int, ...]) -> torch.Tensor:
