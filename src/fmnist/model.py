@@ -112,7 +112,7 @@ class _OwnWeightGradConv2d(torch.autograd.Function):
                 grad_w = nn.functional.conv2d(x.transpose(0, 1), grad.transpose(0, 1), padding=p).transpose(0, 1)
             grad_w = _param_grad(grad_w, *ctx.param_layout)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = (grad.sum((0, 2, 3)) if grad_t is None else grad_t.sum(1)).to(ctx.param_layout[0])
+            grad_b = grad.sum((0, 2, 3)).to(ctx.param_layout[0])
         return grad_x, grad_w, grad_b, None, None
 
 
@@ -181,18 +181,14 @@ def kernel_windows(x: torch.Tensor, kernel: int, stride: int = 1, padding: int =
                              (s_b, stride * s_h, stride * s_w, s_h, 1), padded.storage_offset())
 
 
-def im2col(x: torch.Tensor, kernel: int, stride: int = 1, padding: int = 0, ones: bool = False) -> torch.Tensor:
+def im2col(x: torch.Tensor, kernel: int, stride: int = 1, padding: int = 0) -> torch.Tensor:
     """The im2col matrix of ``x`` (``(B, C, H, W)``): one row per output position ``(b, oy, ox)``,
     one column per ``(ky, kx, c)``, so that a convolution is ``im2col(x) @ weight_rows``; a copy of
-    :func:`kernel_windows`. With ``ones``, one more column, of ones: the bias's input, so that the
-    bias is added in the forward GEMM and its gradient summed in the weight gradient's."""
+    :func:`kernel_windows`, always (where the windows do not overlap, ``reshape`` would return a
+    view of the zero-bordered buffer, which the next call overwrites)."""
     windows = kernel_windows(x, kernel, stride, padding)
-    taps = kernel * windows.shape[-1]
-    if not ones:
-        return windows.reshape(-1, taps)
-    cols = torch.empty(windows.shape[:3].numel(), taps + 1, dtype=x.dtype, device=x.device)
-    cols[:, :taps].view(windows.shape).copy_(windows)
-    cols[:, taps] = 1
+    cols = torch.empty(windows.shape[:3].numel(), kernel * windows.shape[-1], dtype=x.dtype, device=x.device)
+    cols.view(windows.shape).copy_(windows)
     return cols
 
 
@@ -215,12 +211,7 @@ class _MatmulConv2d(torch.autograd.Function):
       view, and a large transposed bf16 operand halves the GEMM's speed on AMX: it is copied
       row-major first where ``cols`` has ``ROW_MAJOR_MIN_COLS`` columns or more (conv3-conv5,
       2,304-3,456 columns: the GEMM runs 1.1-1.4x as fast, the copy costs a tenth of it), not for
-      conv1's 121 columns (there the copy costs more than it saves). There the product is small and
-      its inner dimension long: it runs as two halves (:func:`_halves_product`).
-    * bias: where ``grad^T`` stays a transposed view, its sum for the bias's gradient runs slowly
-      too (1.1 ms of conv1's 8.5, forward and backward at batch 256). There ``cols`` gets a column
-      of ones and ``W`` the bias (:func:`im2col`'s ``ones``): the forward GEMM adds the bias and
-      the weight gradient's GEMM sums its gradient, 1.15x as fast for conv1 in all.
+      conv1's 121 columns (there the copy costs more than it saves).
     * input gradient: for a stride-1 "same" convolution on a small map (``SMALL_MAP``) it is
       itself such a convolution, of the output's gradient by the flipped kernel with input and
       output channels swapped: ``im2col(grad) @ W_flipped``, ``W_flipped`` laid out by one
@@ -233,74 +224,51 @@ class _MatmulConv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride: int, padding: int):
         out_channels, channels, k, _ = weight.shape
-        taps = k * k * channels
-        # Where grad^T stays a transposed view (few columns: conv1), summing it for the bias gradient
-        # runs at a tenth of the GEMM's speed: the bias rides in the GEMMs instead, as a column of ones.
-        ones_column = bias is not None and taps < ROW_MAJOR_MIN_COLS
-        cols = im2col(x, k, stride, padding, ones=ones_column)
-        w_rows = torch.empty(out_channels, cols.shape[1], dtype=x.dtype, device=x.device)
-        w_rows[:, :taps].view(out_channels, k, k, channels).copy_(weight.permute(0, 2, 3, 1))
-        if ones_column:
-            w_rows[:, taps] = bias
+        cols = im2col(x, k, stride, padding)
+        w_rows = torch.empty(out_channels, k, k, channels, dtype=x.dtype, device=x.device)
+        w_rows = w_rows.copy_(weight.permute(0, 2, 3, 1)).view(out_channels, -1)
         out = torch.empty(x.shape[0], out_channels, _out(x.shape[2], k, stride, padding),
                           _out(x.shape[3], k, stride, padding), dtype=cols.dtype, device=x.device,
                           memory_format=torch.channels_last)  # a tensor of its own, not a view: ReLU works in place
         rows = out.permute(0, 2, 3, 1).view(-1, out_channels)
-        if bias is None or ones_column:
+        if bias is None:
             torch.mm(cols, w_rows.t(), out=rows)
         else:
             torch.addmm(bias.to(x.dtype), cols, w_rows.t(), out=rows)
         ctx.save_for_backward(cols, x if ctx.needs_input_grad[0] else None, w_rows)
-        ctx.geometry = (k, stride, padding, channels)
+        ctx.geometry = (k, stride, padding)
         ctx.param_layout = (weight.dtype, weight.stride())
-        ctx.has_bias, ctx.ones_column = bias is not None, ones_column
+        ctx.has_bias = bias is not None
         return out
 
     @staticmethod
     def backward(ctx, grad):
         cols, x, w_rows = ctx.saved_tensors
-        k, s, p, channels = ctx.geometry
-        out_channels, taps = w_rows.shape[0], k * k * channels
+        k, s, p = ctx.geometry
+        out_channels = w_rows.shape[0]
+        channels = w_rows.shape[1] // (k * k)
+        w_okkc = w_rows.view(out_channels, k, k, channels)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             if s == 1 and 2 * p == k - 1 and max(grad.shape[-2:]) <= SMALL_MAP:
                 # the kernel's k*k taps in reverse order, (taps, O, C): one copy, half the time of a flip and a reshape
                 reverse = torch.arange(k * k - 1, -1, -1, device=w_rows.device)
-                w_flipped = w_rows[:, :taps].unflatten(1, (k * k, channels)).transpose(0, 1).index_select(0, reverse)
+                w_flipped = w_rows.view(out_channels, k * k, channels).transpose(0, 1).index_select(0, reverse)
                 b, _, h, w = x.shape  # rows (b, y, x), columns c: the channels-last gradient
                 grad_x = (im2col(grad, k, 1, p) @ w_flipped.view(-1, channels)).view(b, h, w, channels)
                 grad_x = grad_x.permute(0, 3, 1, 2)
             else:
-                w_oikk = w_rows[:, :taps].unflatten(1, (k, k, channels)).permute(0, 3, 1, 2)
                 grad_x = torch.ops.aten.convolution_backward(
-                    grad, x, w_oikk, None, [s, s], [p, p], [1, 1], False, [0, 0], 1, [True, False, False])[0]
-        wide = cols.shape[1] >= ROW_MAJOR_MIN_COLS
-        grad_t = _rows_of(grad) if wide else (
+                    grad, x, w_okkc.permute(0, 3, 1, 2), None, [s, s], [p, p], [1, 1], False, [0, 0], 1,
+                    [True, False, False])[0]
+        grad_t = _rows_of(grad) if cols.shape[1] >= ROW_MAJOR_MIN_COLS else (
             grad.permute(1, 0, 2, 3).reshape(out_channels, -1))  # (O, B*Ho*Wo), a view if grad is channels-last
-        # (O, taps), and with the ones column (O, taps + 1): the weight's gradient, then the bias's
-        grad_rows = None
-        if ctx.needs_input_grad[1] or ctx.ones_column and ctx.needs_input_grad[2]:
-            grad_rows = grad_t @ cols if wide else _halves_product(grad_t, cols, ctx.param_layout[0])
         if ctx.needs_input_grad[1]:
-            grad_w = _param_grad(grad_rows[:, :taps].unflatten(1, (k, k, channels)).permute(0, 3, 1, 2),
+            grad_w = _param_grad((grad_t @ cols).view(out_channels, k, k, channels).permute(0, 3, 1, 2),
                                  *ctx.param_layout)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = (grad_rows[:, taps] if ctx.ones_column else grad_t.sum(1)).to(ctx.param_layout[0])
+            grad_b = grad_t.sum(1).to(ctx.param_layout[0])
         return grad_x, grad_w, grad_b, None, None
-
-
-def _halves_product(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``a @ b`` for a small product over a long inner dimension (conv1's weight gradient: ``(96,
-    57,600) @ (57,600, 122)`` at batch 256) as two half products, one ``bmm``, summed in ``dtype``.
-    oneDNN splits such a product along its small output and streams the whole inner dimension
-    through each thread's blocks; the ``bmm`` gives each thread one half: 3.19 -> 2.48 ms, and no
-    less exact (each half rounded to bf16 once, as the whole product was, then summed in fp32).
-    An odd inner dimension takes the plain product."""
-    inner = a.shape[1]
-    if inner % 2:
-        return (a @ b).to(dtype)
-    halves = torch.bmm(a.view(a.shape[0], 2, inner // 2).transpose(0, 1), b.view(2, inner // 2, b.shape[1]))
-    return halves.sum(0, dtype=dtype)
 
 
 def _param_grad(grad: torch.Tensor, dtype: torch.dtype, stride: tuple[int, ...]) -> torch.Tensor:
