@@ -104,10 +104,9 @@ class _OwnWeightGradConv2d(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = torch.ops.aten.convolution_backward(
                 grad, x, weight, None, [1, 1], [p, p], [1, 1], False, [0, 0], 1, [True, False, False])[0]
-        grad_t = _rows_of(grad) if ctx.how == "gemm" else None
         if ctx.needs_input_grad[1]:
-            if grad_t is not None:
-                grad_w = weight_grad_by_kernel_rows(x, grad_t, weight.shape[-1], p)
+            if ctx.how == "gemm":
+                grad_w = weight_grad_by_kernel_rows(x, _rows_of(grad), weight.shape[-1], p)
             else:
                 grad_w = nn.functional.conv2d(x.transpose(0, 1), grad.transpose(0, 1), padding=p).transpose(0, 1)
             grad_w = _param_grad(grad_w, *ctx.param_layout)
