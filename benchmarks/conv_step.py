@@ -5,8 +5,8 @@ paths, the dense-matrix idea, and Adam's foreach and fused kernels.
     python benchmarks/conv_step.py --model AlexNet --batch 64 --rounds 3 --steps 2
 
 Builds the model once and copies it per variant, same weights: ``conv`` (every layer a plain
-``nn.Conv2d``), ``small-map`` (:func:`fmnist.model.small_map_conv2d` on AlexNetSmall's 3x3 maps:
-oneDNN's forward and input gradient, the weight gradient as a forward convolution), ``matmul``
+``nn.Conv2d``), ``small-map`` (:func:`fmnist.model.same_conv2d`'s path on AlexNetSmall's 3x3 maps:
+the forward pass and the weight gradient as transposed convolutions, oneDNN's input gradient), ``matmul``
 (:func:`fmnist.model.matmul_conv2d`, im2col GEMMs, on the 3x3 maps and conv1), ``dense`` (the 3x3
 maps as one dense matrix product each, :func:`dense_conv2d` below: the issue's first idea, kept
 here to measure), ``default`` (the model's own choice: matmul, and the row-GEMM weight gradient on

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from fmnist.model import (CL_POOL_MAX_MAP, ROW_MAJOR_MIN_COLS, SMALL_MAP, AlexNet, AlexNetSmall, ConvReLU, LinearReLU,
-                          MaxPool2d, feature_size, im2col, kernel_windows, matmul_conv2d, paths_taken, row_gemm_conv2d,
-                          small_map_conv2d)
+                          MaxPool2d, SAME_CONV_PATHS, feature_size, im2col, kernel_windows, matmul_conv2d, paths_taken,
+                          same_conv2d)
 
 
 @pytest.mark.parametrize("cls, size, first_linear", [(AlexNetSmall, 67, 256), (AlexNet, 227, 9216),
@@ -61,7 +61,7 @@ def test_lrn_is_optional():
     assert isinstance(AlexNetSmall().n1, torch.nn.Identity)
 
 
-# The fast paths (fmnist.model.matmul_conv2d and row_gemm_conv2d in bf16, small_map_conv2d in fp32): same parameters,
+# The fast paths (fmnist.model.matmul_conv2d and same_conv2d's row-GEMM path in bf16, its small-map and transposed paths in fp32): same parameters,
 # outputs and gradients as nn.Conv2d to float rounding, computed another way.
 
 def plain(model: torch.nn.Module) -> torch.nn.Module:
@@ -88,9 +88,9 @@ def test_fast_convolutions_match_conv2d_and_their_gradients_are_exact_in_float64
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
     conv = torch.nn.functional.conv2d(x, w, b, stride, padding)
     fast = {"matmul": lambda *a: matmul_conv2d(*a, stride, padding)}
-    if stride == 1 and padding == kernel // 2:  # the small-map and row-GEMM paths' geometry: "same" convolutions
-        fast["small-map"] = lambda *a: small_map_conv2d(*a, padding)
-        fast["row-gemm"] = lambda *a: row_gemm_conv2d(*a, padding)
+    if stride == 1 and padding == kernel // 2:  # the geometry of same_conv2d's paths: "same" convolutions
+        for path in SAME_CONV_PATHS:
+            fast[path] = lambda *a, path=path: same_conv2d(*a, padding, path)
     for name, f in fast.items():
         torch.testing.assert_close(f(x, w, b), conv, msg=name)
         assert torch.autograd.gradcheck(f, (x, w, b)), name
@@ -102,24 +102,26 @@ def test_matmul_conv_gradients_equal_conv2ds_on_wide_im2col_and_7px_maps(channel
     """The branches the small gradchecks above do not reach: the row-major copy of ``grad^T`` (an
     im2col matrix of ``ROW_MAJOR_MIN_COLS`` columns or more), oneDNN's input gradient in
     ``matmul_conv2d`` for a "same" convolution on a map larger than ``SMALL_MAP`` (conv2's 7x7,
-    which the model gives to ``row_gemm_conv2d``), and ``row_gemm_conv2d`` on conv2's geometry,
-    with a channels-last gradient as the model's ReLU and pooling pass back; float64, so equal to
-    rounding."""
+    which the model gives to ``same_conv2d``), and ``same_conv2d``'s row-GEMM and transposed paths on
+    conv2's geometry, with a channels-last gradient as the model's ReLU and pooling pass back;
+    float64, so equal to rounding."""
     torch.manual_seed(0)
     x = torch.randn(4, channels, side, side, dtype=torch.float64).to(memory_format=torch.channels_last)
     w = torch.randn(8, channels, kernel, kernel, dtype=torch.float64)
     b = torch.randn(8, dtype=torch.float64)
     grad = torch.randn(4, 8, side, side, dtype=torch.float64).to(memory_format=torch.channels_last)
     results = []
-    row_gemm = (lambda x, w, b, _, padding: row_gemm_conv2d(x, w, b, padding)) if side > SMALL_MAP else None
-    for f in filter(None, (torch.nn.functional.conv2d, matmul_conv2d, row_gemm)):
+    paths = {"matmul": matmul_conv2d}
+    if side > SMALL_MAP:
+        paths |= {path: lambda x, w, b, _, padding, path=path: same_conv2d(x, w, b, padding, path)
+                  for path in ("row-gemm", "transposed")}
+    for f in (torch.nn.functional.conv2d, *paths.values()):
         leaves = [t.clone().requires_grad_() for t in (x, w, b)]
         out = f(*leaves, 1, kernel // 2)
         out.backward(grad)
         results.append([out.detach()] + [t.grad for t in leaves])
-    assert len(results) == (3 if row_gemm else 2)
     for name, want, *got in zip(("output", "grad x", "grad w", "grad b"), *results):
-        for path, value in zip(("matmul", "row-gemm"), got):
+        for path, value in zip(paths, got):
             torch.testing.assert_close(value, want, msg=f"{path}: {name}")
 
 
@@ -151,7 +153,7 @@ def test_padded_windows_reuse_one_zero_bordered_buffer_per_shape():
 def test_fast_paths_run_where_they_are_faster_and_in_training_only():
     model = AlexNetSmall().eval()
     state = torch.random.get_rng_state()
-    assert paths_taken(model, 67) == {"c3": "small-map", "c4": "small-map", "c5": "small-map"}
+    assert paths_taken(model, 67) == {"c2": "transposed", "c3": "small-map", "c4": "small-map", "c5": "small-map"}
     bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
     assert paths_taken(model, 67, bf16) == {"c1": "matmul", "c2": "row-gemm", "c3": "matmul", "c4": "matmul",
                                             "c5": "matmul"}
@@ -161,7 +163,7 @@ def test_fast_paths_run_where_they_are_faster_and_in_training_only():
     with torch.no_grad():  # prediction: the plain convolution
         assert model.c3.path(x) == "plain"
     conv3 = ConvReLU(384, 384, kernel_size=3, padding=1)  # AlexNet's 13x13 maps at 227 px: oneDNN's own
-    for autocast, conv2 in ((torch.autocast("cpu", enabled=False), "plain"), (bf16, "row-gemm")):
+    for autocast, conv2 in ((torch.autocast("cpu", enabled=False), "transposed"), (bf16, "row-gemm")):
         with autocast:
             assert conv3.path(torch.rand(2, 384, 13, 13)) == "plain"
             assert model.c2.path(torch.rand(2, 96, 7, 7)) == conv2

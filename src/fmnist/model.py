@@ -21,7 +21,7 @@ from torch import nn
 HIDDEN = {"AlexNet": 4096, "AlexNetSmall": 128}
 N_CLASSES = 10
 SMALL_MAP = 3  # px: AlexNetSmall's conv3-conv5 maps, where oneDNN's backward kernels do worst
-ROW_GEMM_MAX_MAP = 7  # px: conv2's maps at 67 px, where bf16 takes the row-GEMM weight gradient
+MID_MAP = 7  # px: conv2's maps at 67 px (bf16: the row-GEMM weight gradient; fp32: the transposed forward)
 ROW_MAJOR_MIN_COLS = 1024  # im2col columns from which the weight gradient copies grad^T row-major
 CL_POOL_MAX_MAP = 15  # px: the largest NCHW map that MaxPool2d pools in channels-last (AlexNetSmall's)
 BORDERED_BUFFERS = 16  # zero-bordered inputs kept per thread (kernel_windows); a training run uses 3-6
@@ -72,47 +72,78 @@ def _out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-class _OwnWeightGradConv2d(torch.autograd.Function):
-    """A stride-1 "same" ``conv2d``: oneDNN's forward pass and input gradient, and a weight gradient
-    of its own, where oneDNN's weight-gradient kernel does poorly.
+class _SameConv2d(torch.autograd.Function):
+    """A stride-1 "same" ``conv2d`` (odd square kernel, the output as large as the input), each of
+    its products computed the way that measured fastest for the layer (``how``, a pair):
 
-    * ``how="conv"`` (fp32, AlexNetSmall's 3x3 maps: the small-map path): the weight gradient of a
-      convolution is itself a convolution, of the input by the output's gradient with the batch as
-      the summed channel: ``grad_w[o, i] = sum_b x[b, i] * g[b, o]``, i.e. ``conv2d(x.transpose(0, 1),
-      g.transpose(0, 1), padding=p).transpose(0, 1)``, which runs as oneDNN's forward kernel, 3-5x
-      as fast on 3x3 maps. On those maps oneDNN's weight gradient takes 5-7 times the forward pass.
-    * ``how="gemm"`` (bf16, conv2's 7x7 maps: the row-GEMM path): :func:`weight_grad_by_kernel_rows`,
-      about 1.3x as fast as oneDNN's there, with memory flat.
+    * forward, ``"conv"``: oneDNN's forward kernel. ``"transposed"``: :func:`transposed_form`,
+      oneDNN's backward-data kernel. In fp32 on AlexNetSmall's small maps that kernel ran at
+      1.1-1.3x the forward kernel's speed for the same product (conv2 on 7x7: 44.4 -> 42.0 ms at
+      batch 256, conv3-conv5 on 3x3: 13.4-20.1 -> 11.2-17.0 ms, the kernel's flip included); on
+      AlexNet's 13x13 and 27x27 maps it ran no faster.
+    * input gradient: oneDNN's backward-data kernel, always.
+    * weight gradient, ``"onednn"``: oneDNN's backward-weights kernel. ``"rows"`` (bf16, conv2's
+      7x7 maps: the row-GEMM path): :func:`weight_grad_by_kernel_rows`, about 1.3x as fast as
+      oneDNN's there, with memory flat. ``"transposed"`` (fp32, the 3x3 maps: the small-map path):
+      the weight gradient of a convolution is itself a convolution, of the input by the output's
+      gradient with the batch as the summed channel, ``grad_w[o, i] = sum_b x[b, i] * g[b, o]``,
+      i.e. ``conv2d(x.transpose(0, 1), g.transpose(0, 1), padding=p).transpose(0, 1)``, and that
+      convolution again in :func:`transposed_form`. On 3x3 maps oneDNN's backward-weights kernel
+      took 1.7-1.8x as long as this (conv4: 32.2 against 17.6 ms), and the convolution through
+      oneDNN's forward kernel 1.2-1.3x (22.6 ms).
 
     Same parameters, same result up to float rounding.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, padding: int, how: str):
+    def forward(ctx, x, weight, bias, padding: int, how: tuple[str, str]):
         ctx.param_layout = (weight.dtype, weight.stride())
         weight = weight.to(x.dtype)
         ctx.save_for_backward(x, weight)
         ctx.padding, ctx.how = padding, how
         ctx.has_bias = bias is not None
-        return nn.functional.conv2d(x, weight, None if bias is None else bias.to(x.dtype), padding=padding)
+        bias = None if bias is None else bias.to(x.dtype)
+        if how[0] == "transposed":
+            return transposed_form(x, weight, bias, padding)
+        return nn.functional.conv2d(x, weight, bias, padding=padding)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         p = ctx.padding
+        how = ctx.how[1]
         grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, [1, 1], [p, p], [1, 1], False, [0, 0], 1, [True, False, False])[0]
+        # oneDNN's weight gradient comes with its bias gradient: summed in oneDNN's layout, the same
+        # bits whether the gradient arrives channels-last or not
+        wants = [ctx.needs_input_grad[0], ctx.needs_input_grad[1] and how == "onednn",
+                 ctx.has_bias and ctx.needs_input_grad[2] and how == "onednn"]
+        if any(wants):
+            grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+                grad, x, weight, [weight.shape[0]] if wants[2] else None, [1, 1], [p, p], [1, 1], False, [0, 0],
+                1, wants)
         if ctx.needs_input_grad[1]:
-            if ctx.how == "gemm":
+            if how == "rows":
                 grad_w = weight_grad_by_kernel_rows(x, _rows_of(grad), weight.shape[-1], p)
-            else:
-                grad_w = nn.functional.conv2d(x.transpose(0, 1), grad.transpose(0, 1), padding=p).transpose(0, 1)
+            elif how == "transposed":
+                grad_w = transposed_form(x.transpose(0, 1), grad.transpose(0, 1), None, p).transpose(0, 1)
             grad_w = _param_grad(grad_w, *ctx.param_layout)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum((0, 2, 3)).to(ctx.param_layout[0])
+            grad_b = (grad_b if how == "onednn" else grad.sum((0, 2, 3))).to(ctx.param_layout[0])
         return grad_x, grad_w, grad_b, None, None
+
+
+def transposed_form(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
+    """``conv2d(x, weight, bias, padding=padding)`` (stride 1) as the transposed convolution that
+    equals it, which oneDNN runs as its backward-data kernel: ``conv_transpose2d`` of ``x`` by the
+    kernel with its two channel axes swapped and its taps reversed, padded by ``kernel - 1 -
+    padding``. Where that padding would be negative (a kernel larger than the map plus one padding:
+    a weight gradient's on a 1 px map), ``conv2d`` itself."""
+    kernel = weight.shape[-2:]
+    pad = tuple(k - 1 - padding for k in kernel)
+    if min(pad) < 0:
+        return nn.functional.conv2d(x, weight, bias, padding=padding)
+    flipped = weight.transpose(0, 1).contiguous().flip(2, 3)  # the flip of a row-major copy: 1.2x as fast
+    return nn.functional.conv_transpose2d(x, flipped, bias, padding=pad)
 
 
 def _rows_of(grad: torch.Tensor) -> torch.Tensor:
@@ -292,17 +323,19 @@ def matmul_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return _MatmulConv2d.apply(_in_autocast_dtype(x), weight, bias, stride, padding)
 
 
-def small_map_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
-    """``F.conv2d(x, weight, bias, padding=padding)`` (stride 1, odd square kernel, output as large
-    as the input) computed by :class:`_OwnWeightGradConv2d`, the weight gradient as a forward convolution."""
-    return _OwnWeightGradConv2d.apply(_in_autocast_dtype(x), weight, bias, padding, "conv")
+# The paths of a stride-1 "same" convolution through :class:`_SameConv2d`: (forward, weight gradient)
+SAME_CONV_PATHS = {
+    "small-map": ("transposed", "transposed"),  # fp32, AlexNetSmall's 3x3 maps (conv3-conv5)
+    "transposed": ("transposed", "onednn"),  # fp32, conv2's 7x7 maps
+    "row-gemm": ("conv", "rows"),  # bf16, conv2's 7x7 maps
+}
 
 
-def row_gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
+def same_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int,
+                path: str) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, padding=padding)`` (stride 1, odd square kernel, output as large
-    as the input) computed by :class:`_OwnWeightGradConv2d`, the weight gradient as one GEMM per
-    kernel row (:func:`weight_grad_by_kernel_rows`)."""
-    return _OwnWeightGradConv2d.apply(_in_autocast_dtype(x), weight, bias, padding, "gemm")
+    as the input) computed by :class:`_SameConv2d` the way ``path`` (a key of ``SAME_CONV_PATHS``) says."""
+    return _SameConv2d.apply(_in_autocast_dtype(x), weight, bias, padding, SAME_CONV_PATHS[path])
 
 
 class ConvReLU(nn.Module):
@@ -313,14 +346,16 @@ class ConvReLU(nn.Module):
 
     * bf16: :func:`matmul_conv2d` for a stride-1 "same" convolution on a map of ``SMALL_MAP`` px
       or less (AlexNetSmall's conv3-conv5) and for a one-channel input (conv1);
-      :func:`row_gemm_conv2d` for a "same" convolution on larger maps up to ``ROW_GEMM_MAX_MAP``
-      (conv2 on 7x7): oneDNN's forward pass and input gradient, the weight gradient as GEMMs. As
-      GEMMs throughout, conv2 took 153.5 ms a step against oneDNN's 145: its 60 MB im2col matrix
-      and its forward GEMM cost more than its weight gradient, 2.5x as fast as oneDNN's, saved.
-    * fp32: :func:`small_map_conv2d` for the small maps.
+      the ``"row-gemm"`` path of :func:`same_conv2d` for a "same" convolution on larger maps up to
+      ``MID_MAP`` (conv2 on 7x7): oneDNN's forward pass and input gradient, the weight gradient as
+      GEMMs. As GEMMs throughout, conv2 took 153.5 ms a step against oneDNN's 145: its 60 MB im2col
+      matrix and its forward GEMM cost more than its weight gradient, 2.5x as fast as oneDNN's, saved.
+    * fp32: :func:`same_conv2d`'s ``"small-map"`` path on the small maps (the forward pass and the
+      weight gradient as transposed convolutions) and its ``"transposed"`` path up to ``MID_MAP``
+      (conv2: the forward pass as a transposed convolution).
 
     Everywhere else oneDNN's own kernels: AlexNet's 13x13 and 27x27 maps at 227 px (not measured
-    on the row-GEMM path), conv1 in fp32. The parameters and state dict are the ``nn.Conv2d``'s,
+    on the row-GEMM path; in fp32 the transposed forward ran no faster there), conv1 in fp32. The parameters and state dict are the ``nn.Conv2d``'s,
     the outputs and gradients the same to float rounding.
     ``fast_paths = False`` gives the plain convolution everywhere. TorchScript always takes the
     plain convolution (what ``torch.jit.freeze`` fuses with the ReLU for inference), and so does a
@@ -352,30 +387,31 @@ class ConvReLU(nn.Module):
         return self.conv(x)
 
     def path(self, x: torch.Tensor) -> str:
-        """How ``x`` (``(B, C, H, W)``) is convolved: ``"matmul"``, ``"small-map"`` or ``"plain"``."""
+        """How ``x`` (``(B, C, H, W)``) is convolved: ``"matmul"``, a key of ``SAME_CONV_PATHS``, or ``"plain"``."""
         if not (self.fast_paths and self.plain_geometry and x.device.type == "cpu" and torch.is_grad_enabled()):
             return "plain"
         bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
         side = max(x.shape[-2:])
-        return next((p for p in (("matmul", "row-gemm") if bf16 else ("small-map",)) if self.suits(p, side)), "plain")
+        paths = ("matmul", "row-gemm") if bf16 else ("small-map", "transposed")
+        return next((p for p in paths if self.suits(p, side)), "plain")
 
     def suits(self, path: str, side: int) -> bool:
         """Whether ``path`` is where this layer, on a ``side`` px map, measured faster than oneDNN
-        (in the precision that takes it: ``"matmul"`` in bf16, ``"small-map"`` in fp32)."""
+        (in the precision that takes it: ``"matmul"`` and ``"row-gemm"`` in bf16, ``"small-map"`` and
+        ``"transposed"`` in fp32)."""
         if path == "matmul":
             return (self.same_size and side <= SMALL_MAP) or self.conv.in_channels == 1
-        if path == "row-gemm":
-            return self.same_size and SMALL_MAP < side <= ROW_GEMM_MAX_MAP
-        return path == "small-map" and self.same_size and side <= SMALL_MAP
+        if path in ("small-map", "transposed", "row-gemm"):
+            small = path == "small-map"
+            return self.same_size and (side <= SMALL_MAP if small else SMALL_MAP < side <= MID_MAP)
+        return False
 
     @torch.jit.unused
     def _fast(self, x: torch.Tensor, path: str) -> torch.Tensor:
         c = self.conv
         if path == "matmul":
             return matmul_conv2d(x, c.weight, c.bias, c.stride[0], c.padding[0])
-        if path == "row-gemm":
-            return row_gemm_conv2d(x, c.weight, c.bias, c.padding[0])
-        return small_map_conv2d(x, c.weight, c.bias, c.padding[0])
+        return same_conv2d(x, c.weight, c.bias, c.padding[0], path)
 
 
 def paths_taken(module: nn.Module, input_size: int, autocast: Any = None) -> dict[str, str]:
