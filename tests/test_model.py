@@ -153,7 +153,8 @@ def test_padded_windows_reuse_one_zero_bordered_buffer_per_shape():
 def test_fast_paths_run_where_they_are_faster_and_in_training_only():
     model = AlexNetSmall().eval()
     state = torch.random.get_rng_state()
-    assert paths_taken(model, 67) == {"c2": "transposed", "c3": "small-map", "c4": "small-map", "c5": "small-map"}
+    assert paths_taken(model, 67) == {"c1": "channels-last", "c2": "transposed", "c3": "small-map",
+                                      "c4": "small-map", "c5": "small-map"}
     bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
     assert paths_taken(model, 67, bf16) == {"c1": "matmul", "c2": "row-gemm", "c3": "matmul", "c4": "matmul",
                                             "c5": "matmul"}
@@ -192,6 +193,35 @@ def test_fast_and_plain_models_load_each_others_state_and_agree(bf16):
     for name, (got, want) in pairs.items():
         err = ((got - want).norm() / want.norm()).item()
         assert err <= tol, f"{name}: relative error {err:.3g}"
+
+
+def test_fp32_conv1_writes_channels_last_and_conv2_reads_the_models_layout(monkeypatch):
+    """In fp32 training conv1 writes its map channels-last, as pool1 pools it (no copy in), and conv2
+    takes pool1's output in its weight's layout: NCHW in the fp32 model, channels-last in bf16's."""
+    import fmnist.model
+
+    seen = {}
+    real_same_conv2d = fmnist.model.same_conv2d
+
+    def spy(x, *args):
+        seen["c2 input"] = "channels-last" if x.is_contiguous(memory_format=torch.channels_last) else "NCHW"
+        return real_same_conv2d(x, *args)
+
+    monkeypatch.setattr(fmnist.model, "same_conv2d", spy)
+    torch.manual_seed(0)
+    model = AlexNetSmall(dropout=0.0).train()
+    model.c1.conv.register_forward_hook(lambda m, args, out: seen.update(
+        c1=out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()))
+    x = torch.rand(4, 1, 67, 67)
+    model(x[1:3])  # a slice: conv1 reads it where it lies
+    assert seen == {"c1": True, "c2 input": "NCHW"}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.to(memory_format=torch.channels_last)(x)
+    assert seen["c2 input"] == "channels-last"
+    c1 = ConvReLU(1, 8, kernel_size=11, stride=4)
+    want = torch.nn.functional.conv2d(x[1:3], c1.conv.weight, c1.conv.bias, stride=4)
+    assert c1.path(x) == "channels-last" and torch.allclose(c1.pre_activation(x[1:3]), want, atol=1e-5)
+    assert c1.path(torch.rand(2, 1, 67 + 4, 67 + 4)) == "plain"  # a 16 px map: pooled as it is, NCHW
 
 
 def test_fast_path_training_steps_are_bit_identical_run_to_run():

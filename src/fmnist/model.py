@@ -352,11 +352,16 @@ class ConvReLU(nn.Module):
       matrix and its forward GEMM cost more than its weight gradient, 2.5x as fast as oneDNN's, saved.
     * fp32: :func:`same_conv2d`'s ``"small-map"`` path on the small maps (the forward pass and the
       weight gradient as transposed convolutions) and its ``"transposed"`` path up to ``MID_MAP``
-      (conv2: the forward pass as a transposed convolution).
+      (conv2: the forward pass as a transposed convolution); ``"channels-last"`` for a one-channel
+      input whose output pools in channels-last (:class:`MaxPool2d`; conv1): oneDNN's convolution
+      writing that layout itself, which saves the pool's copy in and the gradient's copy back
+      (conv1 and pool1, forward and backward, batch 256: 30.3 -> 24.3 ms). Every layer with more
+      than one input channel reads its input in its weight's layout, the model's.
 
     Everywhere else oneDNN's own kernels: AlexNet's 13x13 and 27x27 maps at 227 px (not measured
-    on the row-GEMM path; in fp32 the transposed forward ran no faster there), conv1 in fp32. The parameters and state dict are the ``nn.Conv2d``'s,
-    the outputs and gradients the same to float rounding.
+    on the row-GEMM path; in fp32 the transposed forward ran no faster there) and its conv1 (a
+    55 px map, pooled NCHW). The parameters and state dict are the ``nn.Conv2d``'s, the outputs
+    and gradients the same to float rounding.
     ``fast_paths = False`` gives the plain convolution everywhere. TorchScript always takes the
     plain convolution (what ``torch.jit.freeze`` fuses with the ReLU for inference), and so does a
     pass without gradients.
@@ -381,6 +386,8 @@ class ConvReLU(nn.Module):
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution's output, before the ReLU."""
         if not torch.jit.is_scripting():
+            if self.conv.in_channels > 1:  # in the weight's layout, the model's (fp32 conv1 hands on channels-last maps)
+                x = x.contiguous(memory_format=_layout_of(self.conv.weight))
             path = self.path(x)
             if path != "plain":
                 return self._fast(x, path)
@@ -392,15 +399,18 @@ class ConvReLU(nn.Module):
             return "plain"
         bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
         side = max(x.shape[-2:])
-        paths = ("matmul", "row-gemm") if bf16 else ("small-map", "transposed")
+        paths = ("matmul", "row-gemm") if bf16 else ("small-map", "transposed", "channels-last")
         return next((p for p in paths if self.suits(p, side)), "plain")
 
     def suits(self, path: str, side: int) -> bool:
         """Whether ``path`` is where this layer, on a ``side`` px map, measured faster than oneDNN
-        (in the precision that takes it: ``"matmul"`` and ``"row-gemm"`` in bf16, ``"small-map"`` and
-        ``"transposed"`` in fp32)."""
+        (in the precision that takes it: ``"matmul"`` and ``"row-gemm"`` in bf16, ``"small-map"``,
+        ``"transposed"`` and ``"channels-last"`` in fp32)."""
+        c = self.conv
         if path == "matmul":
-            return (self.same_size and side <= SMALL_MAP) or self.conv.in_channels == 1
+            return (self.same_size and side <= SMALL_MAP) or c.in_channels == 1
+        if path == "channels-last":
+            return c.in_channels == 1 and _out(side, c.kernel_size[0], c.stride[0], c.padding[0]) <= CL_POOL_MAX_MAP
         if path in ("small-map", "transposed", "row-gemm"):
             small = path == "small-map"
             return self.same_size and (side <= SMALL_MAP if small else SMALL_MAP < side <= MID_MAP)
@@ -411,7 +421,22 @@ class ConvReLU(nn.Module):
         c = self.conv
         if path == "matmul":
             return matmul_conv2d(x, c.weight, c.bias, c.stride[0], c.padding[0])
+        if path == "channels-last":
+            return c(_one_channel_as_channels_last(x))
         return same_conv2d(x, c.weight, c.bias, c.padding[0], path)
+
+
+def _layout_of(weight: torch.Tensor) -> torch.memory_format:
+    """The memory format of a convolution's ``weight`` (with more than one input channel)."""
+    return torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
+def _one_channel_as_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (``(B, 1, H, W)``) with channels-last strides, the same memory. With one channel the two
+    layouts hold the same bytes, and PyTorch gives such a tensor NCHW strides, so ``conv2d`` writes
+    an NCHW output; with these strides oneDNN writes it channels-last, as the pooling after it wants."""
+    x = x.contiguous()
+    return x.as_strided(x.shape, (x.shape[2] * x.shape[3], 1, x.shape[3], 1))
 
 
 def paths_taken(module: nn.Module, input_size: int, autocast: Any = None) -> dict[str, str]:
