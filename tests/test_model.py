@@ -195,29 +195,33 @@ def test_fast_and_plain_models_load_each_others_state_and_agree(bf16):
         assert err <= tol, f"{name}: relative error {err:.3g}"
 
 
-def test_fp32_conv1_writes_channels_last_and_conv2_reads_the_models_layout(monkeypatch):
-    """In fp32 training conv1 writes its map channels-last, as pool1 pools it (no copy in), and conv2
-    takes pool1's output in its weight's layout: NCHW in the fp32 model, channels-last in bf16's."""
+def test_layers_read_their_input_in_the_layout_their_path_runs_fastest_in(monkeypatch):
+    """In fp32 training conv1 writes its map channels-last, as pool1 pools it (no copy in); conv2
+    (the transposed path) reads it so and hands pool2 a channels-last map; conv3-conv5 read their
+    input NCHW, their weights' layout. In the bf16 model everything stays channels-last."""
     import fmnist.model
 
-    seen = {}
+    seen = []
     real_same_conv2d = fmnist.model.same_conv2d
 
-    def spy(x, *args):
-        seen["c2 input"] = "channels-last" if x.is_contiguous(memory_format=torch.channels_last) else "NCHW"
-        return real_same_conv2d(x, *args)
+    def spy(x, weight, bias, padding, path):
+        seen.append((path, "channels-last" if x.is_contiguous(memory_format=torch.channels_last) else "NCHW"))
+        return real_same_conv2d(x, weight, bias, padding, path)
 
     monkeypatch.setattr(fmnist.model, "same_conv2d", spy)
     torch.manual_seed(0)
     model = AlexNetSmall(dropout=0.0).train()
-    model.c1.conv.register_forward_hook(lambda m, args, out: seen.update(
-        c1=out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()))
+    conv1_out = []
+    model.c1.conv.register_forward_hook(lambda m, args, out: conv1_out.append(
+        out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()))
     x = torch.rand(4, 1, 67, 67)
     model(x[1:3])  # a slice: conv1 reads it where it lies
-    assert seen == {"c1": True, "c2 input": "NCHW"}
+    assert conv1_out == [True]
+    assert seen == [("transposed", "channels-last")] + [("small-map", "NCHW")] * 3
+    seen.clear()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model.to(memory_format=torch.channels_last)(x)
-    assert seen["c2 input"] == "channels-last"
+    assert seen == [("row-gemm", "channels-last")]
     c1 = ConvReLU(1, 8, kernel_size=11, stride=4)
     want = torch.nn.functional.conv2d(x[1:3], c1.conv.weight, c1.conv.bias, stride=4)
     assert c1.path(x) == "channels-last" and torch.allclose(c1.pre_activation(x[1:3]), want, atol=1e-5)

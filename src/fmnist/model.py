@@ -355,8 +355,9 @@ class ConvReLU(nn.Module):
       (conv2: the forward pass as a transposed convolution); ``"channels-last"`` for a one-channel
       input whose output pools in channels-last (:class:`MaxPool2d`; conv1): oneDNN's convolution
       writing that layout itself, which saves the pool's copy in and the gradient's copy back
-      (conv1 and pool1, forward and backward, batch 256: 30.3 -> 24.3 ms). Every layer with more
-      than one input channel reads its input in its weight's layout, the model's.
+      (conv1 and pool1, forward and backward, batch 256: 30.3 -> 24.3 ms). conv2 takes that map
+      channels-last as it is and hands pool2 one (1.035x a step: :meth:`input_layout`); conv3-conv5
+      read theirs NCHW (channels-last there: 0.79x).
 
     Everywhere else oneDNN's own kernels: AlexNet's 13x13 and 27x27 maps at 227 px (not measured
     on the row-GEMM path; in fp32 the transposed forward ran no faster there) and its conv1 (a
@@ -386,12 +387,22 @@ class ConvReLU(nn.Module):
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution's output, before the ReLU."""
         if not torch.jit.is_scripting():
-            if self.conv.in_channels > 1:  # in the weight's layout, the model's (fp32 conv1 hands on channels-last maps)
-                x = x.contiguous(memory_format=_layout_of(self.conv.weight))
             path = self.path(x)
+            if self.conv.in_channels > 1:
+                x = x.contiguous(memory_format=self.input_layout(path))
             if path != "plain":
                 return self._fast(x, path)
         return self.conv(x)
+
+    def input_layout(self, path: str) -> torch.memory_format:
+        """The memory format this layer reads its input in on ``path`` (more than one input channel):
+        channels-last on the fp32 ``"transposed"`` path (conv2, which reads pool1's channels-last
+        map as it is and hands pool2 a channels-last map: 1.035x an fp32 step), else its weight's,
+        which is the model's (``Compute.layout``)."""
+        if path == "transposed":
+            return torch.channels_last
+        return torch.channels_last if self.conv.weight.is_contiguous(memory_format=torch.channels_last) else (
+            torch.contiguous_format)
 
     def path(self, x: torch.Tensor) -> str:
         """How ``x`` (``(B, C, H, W)``) is convolved: ``"matmul"``, a key of ``SAME_CONV_PATHS``, or ``"plain"``."""
@@ -424,11 +435,6 @@ class ConvReLU(nn.Module):
         if path == "channels-last":
             return c(_one_channel_as_channels_last(x))
         return same_conv2d(x, c.weight, c.bias, c.padding[0], path)
-
-
-def _layout_of(weight: torch.Tensor) -> torch.memory_format:
-    """The memory format of a convolution's ``weight`` (with more than one input channel)."""
-    return torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
 
 
 def _one_channel_as_channels_last(x: torch.Tensor) -> torch.Tensor:
