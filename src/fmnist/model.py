@@ -422,9 +422,10 @@ class ConvReLU(nn.Module):
             return (self.same_size and side <= SMALL_MAP) or c.in_channels == 1
         if path == "channels-last":
             return c.in_channels == 1 and _out(side, c.kernel_size[0], c.stride[0], c.padding[0]) <= CL_POOL_MAX_MAP
-        if path in ("small-map", "transposed", "row-gemm"):
-            small = path == "small-map"
-            return self.same_size and (side <= SMALL_MAP if small else SMALL_MAP < side <= MID_MAP)
+        if path == "small-map":
+            return self.same_size and side <= SMALL_MAP
+        if path in ("transposed", "row-gemm"):
+            return self.same_size and SMALL_MAP < side <= MID_MAP
         return False
 
     @torch.jit.unused
