@@ -61,8 +61,8 @@ def test_lrn_is_optional():
     assert isinstance(AlexNetSmall().n1, torch.nn.Identity)
 
 
-# The fast paths (fmnist.model.matmul_conv2d and same_conv2d's row-GEMM path in bf16, its small-map and transposed paths in fp32): same parameters,
-# outputs and gradients as nn.Conv2d to float rounding, computed another way.
+# The fast paths (fmnist.model.matmul_conv2d and same_conv2d's row-GEMM path in bf16, its small-map and transposed
+# paths in fp32): same parameters, outputs and gradients as nn.Conv2d to float rounding, computed another way.
 
 def plain(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` with every convolution a plain ``nn.Conv2d`` (the path before the speed-up)."""
@@ -120,6 +120,7 @@ def test_matmul_conv_gradients_equal_conv2ds_on_wide_im2col_and_7px_maps(channel
         out = f(*leaves, 1, kernel // 2)
         out.backward(grad)
         results.append([out.detach()] + [t.grad for t in leaves])
+    assert len(results) == (4 if side > SMALL_MAP else 2)
     for name, want, *got in zip(("output", "grad x", "grad w", "grad b"), *results):
         for path, value in zip(paths, got):
             torch.testing.assert_close(value, want, msg=f"{path}: {name}")
