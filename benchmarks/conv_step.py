@@ -1,16 +1,16 @@
-"""One training step, side by side on the same batch: plain convolutions, the small-map and matmul
+"""One training step, side by side on the same batch: plain convolutions, the transformed and matmul
 paths, the dense-matrix idea, and Adam's foreach and fused kernels.
 
     python benchmarks/conv_step.py [--batch 256] [--rounds 6] [--steps 4] [--threads 0]
     python benchmarks/conv_step.py --model AlexNet --batch 64 --rounds 3 --steps 2
 
 Builds the model once and copies it per variant, same weights: ``conv`` (every layer a plain
-``nn.Conv2d``), ``small-map`` (:func:`fmnist.model.same_conv2d`'s path on AlexNetSmall's 3x3 maps:
-the forward pass and the weight gradient as transposed convolutions, oneDNN's input gradient), ``matmul``
+``nn.Conv2d``), ``transformed`` (:func:`fmnist.model.transformed_conv2d`: Winograd on AlexNetSmall's
+3x3 maps, Fourier on conv2's 7x7), ``matmul``
 (:func:`fmnist.model.matmul_conv2d`, im2col GEMMs, on the 3x3 maps and conv1), ``dense`` (the 3x3
 maps as one dense matrix product each, :func:`dense_conv2d` below: the issue's first idea, kept
 here to measure), ``default`` (the model's own choice: matmul, and the row-GEMM weight gradient on
-conv2, in bf16; small-map in fp32; against ``matmul`` it shows what the row-GEMM path gives), and
+conv2, in bf16; transformed in fp32; against ``matmul`` it shows what the row-GEMM path gives), and
 ``default`` with Adam's ``foreach`` and ``fused`` kernels. Each takes the same training step (autocast forward,
 fp32 loss, backward, Adam) on the same random batch, in turns, round after round, in bf16 (where
 the CPU has it natively) and in fp32. A shared machine slows the variants alike within a round,
@@ -91,18 +91,20 @@ def dense_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 def set_path(module: torch.nn.Module, path: str) -> torch.nn.Module:
     """``conv``: plain convolutions; ``default``: the model's own choice per layer and precision;
-    ``small-map``, ``matmul``: that path in either precision, on the layers where the model takes it
-    in its own precision (:meth:`fmnist.model.ConvReLU.suits`); ``dense``: the small-map layers as
-    :func:`dense_conv2d`."""
+    ``matmul``: that path in either precision, on the layers where the model takes it in bf16;
+    ``transformed``: Winograd, or else Fourier, where the model takes them in fp32
+    (:meth:`fmnist.model.ConvReLU.suits`); ``dense``: the 3x3-map layers as :func:`dense_conv2d`."""
     for m in module.modules():
         if isinstance(m, ConvReLU):
             m.fast_paths = path != "conv"
-            if path in ("small-map", "matmul", "dense"):
-                layer_path = "small-map" if path == "dense" else path
+            if path in ("transformed", "matmul", "dense"):
+                choices = {"transformed": ("winograd", "fourier"), "dense": ("winograd",)}.get(path, (path,))
 
-                def forced(x, m=m, path=path, layer_path=layer_path):
-                    training = x.device.type == "cpu" and torch.is_grad_enabled()
-                    return path if training and m.suits(layer_path, max(x.shape[-2:])) else "plain"
+                def forced(x, m=m, path=path, choices=choices):
+                    if not (x.device.type == "cpu" and torch.is_grad_enabled()):
+                        return "plain"
+                    suited = [p for p in choices if m.suits(p, max(x.shape[-2:]))]
+                    return (path if path == "dense" else suited[0]) if suited else "plain"
                 m.path = forced
                 if path == "dense":
                     m._fast = lambda x, _path, c=m.conv: dense_conv2d(x, c.weight, c.bias, c.padding[0])
@@ -145,7 +147,7 @@ def main() -> None:
     for precision in precisions:
         compute = Compute("cpu", precision)
         variants = {}
-        for name, path, adam in (("conv", "conv", {}), ("dense", "dense", {}), ("small-map", "small-map", {}),
+        for name, path, adam in (("conv", "conv", {}), ("dense", "dense", {}), ("transformed", "transformed", {}),
                                  ("matmul", "matmul", {}), ("default", "default", {}),
                                  ("default+foreach", "default", {"foreach": True}),
                                  ("default+fused", "default", {"fused": True})):

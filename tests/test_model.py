@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fmnist.model import (CL_POOL_MAX_MAP, ROW_MAJOR_MIN_COLS, SMALL_MAP, AlexNet, AlexNetSmall, ConvReLU, LinearReLU,
-                          MaxPool2d, SAME_CONV_PATHS, feature_size, im2col, kernel_windows, matmul_conv2d, paths_taken,
-                          same_conv2d)
+from fmnist.model import (CL_POOL_MAX_MAP, ROW_MAJOR_MIN_COLS, SMALL_MAP, TRANSFORMS, WINOGRAD_POINTS, AlexNet,
+                          AlexNetSmall, ConvReLU, LinearReLU, MaxPool2d, feature_size, im2col, kernel_windows,
+                          matmul_conv2d, paths_taken, row_gemm_conv2d, transformed_conv2d, winograd_transform)
 
 
 @pytest.mark.parametrize("cls, size, first_linear", [(AlexNetSmall, 67, 256), (AlexNet, 227, 9216),
@@ -61,8 +61,8 @@ def test_lrn_is_optional():
     assert isinstance(AlexNetSmall().n1, torch.nn.Identity)
 
 
-# The fast paths (fmnist.model.matmul_conv2d and same_conv2d's row-GEMM path in bf16, its small-map and transposed
-# paths in fp32): same parameters, outputs and gradients as nn.Conv2d to float rounding, computed another way.
+# The fast paths (fmnist.model.matmul_conv2d and row_gemm_conv2d in bf16, transformed_conv2d's Winograd and Fourier
+# transforms in fp32): same parameters, outputs and gradients as nn.Conv2d to float rounding, computed another way.
 
 def plain(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` with every convolution a plain ``nn.Conv2d`` (the path before the speed-up)."""
@@ -88,9 +88,11 @@ def test_fast_convolutions_match_conv2d_and_their_gradients_are_exact_in_float64
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
     conv = torch.nn.functional.conv2d(x, w, b, stride, padding)
     fast = {"matmul": lambda *a: matmul_conv2d(*a, stride, padding)}
-    if stride == 1 and padding == kernel // 2:  # the geometry of same_conv2d's paths: "same" convolutions
-        for path in SAME_CONV_PATHS:
-            fast[path] = lambda *a, path=path: same_conv2d(*a, padding, path)
+    if stride == 1 and padding == kernel // 2:  # "same" convolutions: the other paths' geometry
+        fast["row-gemm"] = lambda *a: row_gemm_conv2d(*a, padding)
+        for kind in TRANSFORMS:
+            if kind != "winograd" or side + kernel - 1 <= len(WINOGRAD_POINTS):
+                fast[kind] = lambda *a, kind=kind: transformed_conv2d(*a, kind)
     for name, f in fast.items():
         torch.testing.assert_close(f(x, w, b), conv, msg=name)
         assert torch.autograd.gradcheck(f, (x, w, b)), name
@@ -102,9 +104,9 @@ def test_matmul_conv_gradients_equal_conv2ds_on_wide_im2col_and_7px_maps(channel
     """The branches the small gradchecks above do not reach: the row-major copy of ``grad^T`` (an
     im2col matrix of ``ROW_MAJOR_MIN_COLS`` columns or more), oneDNN's input gradient in
     ``matmul_conv2d`` for a "same" convolution on a map larger than ``SMALL_MAP`` (conv2's 7x7,
-    which the model gives to ``same_conv2d``), and ``same_conv2d``'s row-GEMM and transposed paths on
-    conv2's geometry, with a channels-last gradient as the model's ReLU and pooling pass back;
-    float64, so equal to rounding."""
+    which the model gives to ``row_gemm_conv2d`` in bf16 and the Fourier transform in fp32), and
+    those two on conv2's geometry, with a channels-last gradient as the model's ReLU and pooling
+    pass back; float64, so equal to rounding."""
     torch.manual_seed(0)
     x = torch.randn(4, channels, side, side, dtype=torch.float64).to(memory_format=torch.channels_last)
     w = torch.randn(8, channels, kernel, kernel, dtype=torch.float64)
@@ -113,8 +115,8 @@ def test_matmul_conv_gradients_equal_conv2ds_on_wide_im2col_and_7px_maps(channel
     results = []
     paths = {"matmul": matmul_conv2d}
     if side > SMALL_MAP:
-        paths |= {path: lambda x, w, b, _, padding, path=path: same_conv2d(x, w, b, padding, path)
-                  for path in ("row-gemm", "transposed")}
+        paths |= {"row-gemm": lambda x, w, b, _, padding: row_gemm_conv2d(x, w, b, padding),
+                  "fourier": lambda x, w, b, *_: transformed_conv2d(x, w, b, "fourier")}
     for f in (torch.nn.functional.conv2d, *paths.values()):
         leaves = [t.clone().requires_grad_() for t in (x, w, b)]
         out = f(*leaves, 1, kernel // 2)
@@ -124,6 +126,42 @@ def test_matmul_conv_gradients_equal_conv2ds_on_wide_im2col_and_7px_maps(channel
     for name, want, *got in zip(("output", "grad x", "grad w", "grad b"), *results):
         for path, value in zip(paths, got):
             torch.testing.assert_close(value, want, msg=f"{path}: {name}")
+
+
+def test_winograd_takes_at_most_its_points_and_says_so():
+    assert winograd_transform(3, 3).t_in.shape == (25, 9)  # 5 points per axis: 25 products, not 81
+    with pytest.raises(ValueError, match="a 7 px map with a 5 px kernel needs 11 Winograd points; allowed: 5"):
+        winograd_transform(7, 5)
+
+
+@pytest.mark.parametrize("kind", list(TRANSFORMS))
+def test_transformed_convolutions_in_fp32_are_as_close_to_float64_as_onednns(kind):
+    """On AlexNetSmall's shapes (conv2's 7x7 maps for Fourier, conv4's 3x3 for Winograd), the
+    output and both gradients in fp32 stay near oneDNN's own rounding of the float64 result: the
+    Fourier transform is as exact as oneDNN (within 4x; measured 0.3-1.3x), Winograd's points
+    amplify rounding (within 32x; measured 0.4-13x, the output the most: 1.9e-6 against 1.5e-7)."""
+    torch.manual_seed(0)
+    channels, side, kernel = (96, 7, 5) if kind == "fourier" else (384, 3, 3)
+    x = torch.randn(16, channels, side, side).relu()
+    w = torch.randn(64, channels, kernel, kernel) * (2 / (kernel * kernel * channels)) ** 0.5
+    b = torch.randn(64) * 0.1
+    grad = torch.randn(16, 64, side, side)
+    exact = torch.nn.functional.conv2d(*(t.double() for t in (x, w, b)), padding=kernel // 2)
+    got = {}
+    for name, f in (("onednn", lambda *a: torch.nn.functional.conv2d(*a, padding=kernel // 2)),
+                    (kind, lambda *a: transformed_conv2d(*a, kind))):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        out = f(*leaves)
+        out.backward(grad)
+        got[name] = [out.detach()] + [t.grad for t in leaves]
+    leaves = [t.double().requires_grad_() for t in (x, w, b)]
+    torch.nn.functional.conv2d(*leaves, padding=kernel // 2).backward(grad.double())
+    want = [exact] + [t.grad for t in leaves]
+    error = {name: [((v.double() - r).norm() / r.norm()).item() for v, r in zip(values, want)]
+             for name, values in got.items()}
+    factor = 4 if kind == "fourier" else 32
+    for part, ours, onednn in zip(("output", "grad x", "grad w", "grad b"), error[kind], error["onednn"]):
+        assert ours <= factor * onednn, f"{kind} {part}: {ours:.2g} against oneDNN's {onednn:.2g}"
 
 
 def test_padded_windows_reuse_one_zero_bordered_buffer_per_shape():
@@ -154,18 +192,18 @@ def test_padded_windows_reuse_one_zero_bordered_buffer_per_shape():
 def test_fast_paths_run_where_they_are_faster_and_in_training_only():
     model = AlexNetSmall().eval()
     state = torch.random.get_rng_state()
-    assert paths_taken(model, 67) == {"c1": "channels-last", "c2": "transposed", "c3": "small-map",
-                                      "c4": "small-map", "c5": "small-map"}
+    assert paths_taken(model, 67) == {"c1": "channels-last", "c2": "fourier", "c3": "winograd",
+                                      "c4": "winograd", "c5": "winograd"}
     bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
     assert paths_taken(model, 67, bf16) == {"c1": "matmul", "c2": "row-gemm", "c3": "matmul", "c4": "matmul",
                                             "c5": "matmul"}
     assert not model.training and torch.equal(torch.random.get_rng_state(), state)  # left as they were
     x = torch.rand(2, 256, 3, 3)
-    assert model.c3.path(x) == "small-map"
+    assert model.c3.path(x) == "winograd"
     with torch.no_grad():  # prediction: the plain convolution
         assert model.c3.path(x) == "plain"
     conv3 = ConvReLU(384, 384, kernel_size=3, padding=1)  # AlexNet's 13x13 maps at 227 px: oneDNN's own
-    for autocast, conv2 in ((torch.autocast("cpu", enabled=False), "transposed"), (bf16, "row-gemm")):
+    for autocast, conv2 in ((torch.autocast("cpu", enabled=False), "fourier"), (bf16, "row-gemm")):
         with autocast:
             assert conv3.path(torch.rand(2, 384, 13, 13)) == "plain"
             assert model.c2.path(torch.rand(2, 96, 7, 7)) == conv2
@@ -198,18 +236,27 @@ def test_fast_and_plain_models_load_each_others_state_and_agree(bf16):
 
 def test_layers_read_their_input_in_the_layout_their_path_runs_fastest_in(monkeypatch):
     """In fp32 training conv1 writes its map channels-last, as pool1 pools it (no copy in); conv2
-    (the transposed path) reads it so and hands pool2 a channels-last map; conv3-conv5 read their
-    input NCHW, their weights' layout. In the bf16 model everything stays channels-last."""
+    (Fourier) and conv3 (Winograd) read what the pools hand them, and conv4 and conv5 read the
+    batch-last map of the layer before as it is, no copy. In the bf16 model everything stays
+    channels-last."""
     import fmnist.model
 
     seen = []
-    real_same_conv2d = fmnist.model.same_conv2d
+    real = {"transformed_conv2d": fmnist.model.transformed_conv2d, "row_gemm_conv2d": fmnist.model.row_gemm_conv2d}
 
-    def spy(x, weight, bias, padding, path):
-        seen.append((path, "channels-last" if x.is_contiguous(memory_format=torch.channels_last) else "NCHW"))
-        return real_same_conv2d(x, weight, bias, padding, path)
+    def layout(x: torch.Tensor) -> str:
+        if x.is_contiguous(memory_format=torch.channels_last):
+            return "channels-last"
+        return "NCHW" if x.is_contiguous() else "batch-last" if x.permute(2, 3, 1, 0).is_contiguous() else "other"
 
-    monkeypatch.setattr(fmnist.model, "same_conv2d", spy)
+    def spy(name):
+        def record(x, weight, bias, arg):
+            seen.append((arg if name == "transformed_conv2d" else "row-gemm", layout(x)))
+            return real[name](x, weight, bias, arg)
+        return record
+
+    for name in real:
+        monkeypatch.setattr(fmnist.model, name, spy(name))
     torch.manual_seed(0)
     model = AlexNetSmall(dropout=0.0).train()
     conv1_out = []
@@ -218,7 +265,8 @@ def test_layers_read_their_input_in_the_layout_their_path_runs_fastest_in(monkey
     x = torch.rand(4, 1, 67, 67)
     model(x[1:3])  # a slice: conv1 reads it where it lies
     assert conv1_out == [True]
-    assert seen == [("transposed", "channels-last")] + [("small-map", "NCHW")] * 3
+    assert seen == [("fourier", "channels-last"), ("winograd", "NCHW"), ("winograd", "batch-last"),
+                    ("winograd", "batch-last")]
     seen.clear()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model.to(memory_format=torch.channels_last)(x)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -72,78 +73,36 @@ def _out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-class _SameConv2d(torch.autograd.Function):
-    """A stride-1 "same" ``conv2d`` (odd square kernel, the output as large as the input), each of
-    its products computed the way that measured fastest for the layer (``how``, a pair):
-
-    * forward, ``"conv"``: oneDNN's forward kernel. ``"transposed"``: :func:`transposed_form`,
-      oneDNN's backward-data kernel. In fp32 on AlexNetSmall's small maps that kernel ran at
-      1.1-1.3x the forward kernel's speed for the same product (conv2 on 7x7: 44.4 -> 42.0 ms at
-      batch 256, conv3-conv5 on 3x3: 13.4-20.1 -> 11.2-17.0 ms, the kernel's flip included); on
-      AlexNet's 13x13 and 27x27 maps it ran no faster.
-    * input gradient: oneDNN's backward-data kernel, always.
-    * weight gradient, ``"onednn"``: oneDNN's backward-weights kernel. ``"rows"`` (bf16, conv2's
-      7x7 maps: the row-GEMM path): :func:`weight_grad_by_kernel_rows`, about 1.3x as fast as
-      oneDNN's there, with memory flat. ``"transposed"`` (fp32, the 3x3 maps: the small-map path):
-      the weight gradient of a convolution is itself a convolution, of the input by the output's
-      gradient with the batch as the summed channel, ``grad_w[o, i] = sum_b x[b, i] * g[b, o]``,
-      i.e. ``conv2d(x.transpose(0, 1), g.transpose(0, 1), padding=p).transpose(0, 1)``, and that
-      convolution again in :func:`transposed_form`. On 3x3 maps oneDNN's backward-weights kernel
-      took 1.7-1.8x as long as this (conv4: 32.2 against 17.6 ms), and the convolution through
-      oneDNN's forward kernel 1.2-1.3x (22.6 ms).
-
-    Same parameters, same result up to float rounding.
-    """
+class _RowGemmConv2d(torch.autograd.Function):
+    """A stride-1 "same" ``conv2d`` whose weight gradient is :func:`weight_grad_by_kernel_rows`'s
+    GEMMs (bf16, conv2's 7x7 maps: about 1.3x as fast as oneDNN's there, with memory flat); the
+    forward pass and the input gradient are oneDNN's. Same parameters, same result up to float
+    rounding."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, padding: int, how: tuple[str, str]):
+    def forward(ctx, x, weight, bias, padding: int):
         ctx.param_layout = (weight.dtype, weight.stride())
         weight = weight.to(x.dtype)
         ctx.save_for_backward(x, weight)
-        ctx.padding, ctx.how = padding, how
+        ctx.padding = padding
         ctx.has_bias = bias is not None
         bias = None if bias is None else bias.to(x.dtype)
-        if how[0] == "transposed":
-            return transposed_form(x, weight, bias, padding)
         return nn.functional.conv2d(x, weight, bias, padding=padding)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         p = ctx.padding
-        how = ctx.how[1]
         grad_x = grad_w = grad_b = None
-        # oneDNN's weight gradient comes with its bias gradient: summed in oneDNN's layout, the same
-        # bits whether the gradient arrives channels-last or not
-        wants = [ctx.needs_input_grad[0], ctx.needs_input_grad[1] and how == "onednn",
-                 ctx.has_bias and ctx.needs_input_grad[2] and how == "onednn"]
-        if any(wants):
-            grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-                grad, x, weight, [weight.shape[0]] if wants[2] else None, [1, 1], [p, p], [1, 1], False, [0, 0],
-                1, wants)
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [1, 1], [p, p], [1, 1], False, [0, 0], 1, [True, False, False])[0]
         if ctx.needs_input_grad[1]:
-            if how == "rows":
-                grad_w = weight_grad_by_kernel_rows(x, _rows_of(grad), weight.shape[-1], p)
-            elif how == "transposed":
-                grad_w = transposed_form(x.transpose(0, 1), grad.transpose(0, 1), None, p).transpose(0, 1)
+            grad_w = weight_grad_by_kernel_rows(x, _rows_of(grad), weight.shape[-1], p)
             grad_w = _param_grad(grad_w, *ctx.param_layout)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = (grad_b if how == "onednn" else grad.sum((0, 2, 3))).to(ctx.param_layout[0])
-        return grad_x, grad_w, grad_b, None, None
-
-
-def transposed_form(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
-    """``conv2d(x, weight, bias, padding=padding)`` (stride 1) as the transposed convolution that
-    equals it, which oneDNN runs as its backward-data kernel: ``conv_transpose2d`` of ``x`` by the
-    kernel with its two channel axes swapped and its taps reversed, padded by ``kernel - 1 -
-    padding``. Where that padding would be negative (a kernel larger than the map plus one padding:
-    a weight gradient's on a 1 px map), ``conv2d`` itself."""
-    kernel = weight.shape[-2:]
-    pad = tuple(k - 1 - padding for k in kernel)
-    if min(pad) < 0:
-        return nn.functional.conv2d(x, weight, bias, padding=padding)
-    flipped = weight.transpose(0, 1).contiguous().flip(2, 3)  # the flip of a row-major copy: 1.2x as fast
-    return nn.functional.conv_transpose2d(x, flipped, bias, padding=pad)
+            grad_b = grad.sum((0, 2, 3)).to(ctx.param_layout[0])
+        return grad_x, grad_w, grad_b, None
 
 
 def _rows_of(grad: torch.Tensor) -> torch.Tensor:
@@ -323,19 +282,190 @@ def matmul_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return _MatmulConv2d.apply(_in_autocast_dtype(x), weight, bias, stride, padding)
 
 
-# The paths of a stride-1 "same" convolution through :class:`_SameConv2d`: (forward, weight gradient)
-SAME_CONV_PATHS = {
-    "small-map": ("transposed", "transposed"),  # fp32, AlexNetSmall's 3x3 maps (conv3-conv5)
-    "transposed": ("transposed", "onednn"),  # fp32, conv2's 7x7 maps
-    "row-gemm": ("conv", "rows"),  # bf16, conv2's 7x7 maps
-}
-
-
-def same_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int,
-                path: str) -> torch.Tensor:
+def row_gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, padding=padding)`` (stride 1, odd square kernel, output as large
-    as the input) computed by :class:`_SameConv2d` the way ``path`` (a key of ``SAME_CONV_PATHS``) says."""
-    return _SameConv2d.apply(_in_autocast_dtype(x), weight, bias, padding, SAME_CONV_PATHS[path])
+    as the input) computed by :class:`_RowGemmConv2d`."""
+    return _RowGemmConv2d.apply(_in_autocast_dtype(x), weight, bias, padding)
+
+
+WINOGRAD_POINTS = (0.0, 1.0, -1.0, 2.0, -2.0)  # evaluation points of the Winograd transform, at most 5 used
+
+
+@dataclass(frozen=True)
+class ConvTransform:
+    """A stride-1 "same" convolution of a ``side`` px map by a ``kernel`` px kernel, ``y = conv(x, w)``,
+    as a pointwise product in a transform domain, one GEMM per point (:class:`_TransformedConv2d`):
+    ``y = T_out^T (Ŵ ⊙ X̂)`` with ``X̂ = T_in x`` and ``Ŵ = T_w w`` (``x``, ``y``, ``w`` flattened
+    per channel pair to ``side**2`` and ``kernel**2`` values). ``parts`` is 1 where the points are
+    real (Winograd) and 2 where they are complex (Fourier): rows of ``T_in``, ``T_w`` and ``T_out``
+    are then ``(point, real/imaginary)``. The gradients are the same maps transposed."""
+
+    t_in: torch.Tensor  # (parts * points, side**2)
+    t_w: torch.Tensor  # (parts * points, kernel**2)
+    t_out: torch.Tensor  # (parts * points, side**2)
+    parts: int
+
+    @property
+    def points(self) -> int:
+        return self.t_in.shape[0] // self.parts
+
+
+def winograd_transform(side: int, kernel: int) -> ConvTransform:
+    """Winograd's minimal algorithm for the whole map as one tile, in float64: the "same" output
+    ``y[j] = sum_t x[j + t - kernel // 2] w[t]`` is the middle of the product of the polynomials
+    ``X(z) = sum_i x[i] z^i`` and ``W(z) = sum_t w[t] z^(kernel-1-t)``, found from their values at
+    ``side + kernel - 1`` points (``WINOGRAD_POINTS``); in 2-D, per axis (Kronecker products). On
+    a 3x3 map with a 3x3 kernel: 25 products per channel pair where the convolution counts 81
+    (49 of them inside the map)."""
+    n = side + kernel - 1
+    if n > len(WINOGRAD_POINTS):
+        raise ValueError(f"a {side} px map with a {kernel} px kernel needs {n} Winograd points; "
+                         f"allowed: {len(WINOGRAD_POINTS)} or fewer")
+    z = torch.tensor(WINOGRAD_POINTS[:n], dtype=torch.float64)[:, None]
+    powers = lambda count: z ** torch.arange(count, dtype=torch.float64)  # noqa: E731  (n, count)
+    v_x, v_w = powers(side), powers(kernel).flip(1)  # W's coefficients run backwards
+    rows = torch.arange(side) + kernel - 1 - kernel // 2  # the product's coefficients that are y
+    a = torch.linalg.inv(powers(n))[rows]  # (side, n): values -> those coefficients
+    return ConvTransform(torch.kron(v_x, v_x), torch.kron(v_w, v_w), torch.kron(a, a).t().contiguous(), 1)
+
+
+def fourier_transform(side: int, kernel: int) -> ConvTransform:
+    """The discrete Fourier transform over ``N = side + kernel - 1`` points per axis, in float64:
+    a circular convolution that long holds the whole linear one, so the "same" output is exact.
+    Real input: the points are ``rfft2``'s half plane less the conjugates on its first column
+    (``N * (N // 2 + 1) - N // 2``: 61 for AlexNetSmall's conv2, 7x7 with a 5x5 kernel, where the
+    convolution counts 1,225 multiply-adds per channel pair; a complex product is 4). Unlike
+    Winograd's, the transform is well conditioned at any size: as exact as oneDNN in fp32."""
+    n, pad = side + kernel - 1, kernel // 2
+    half = n // 2 + 1
+    kept = [(fy, fx) for fy in range(n) for fx in range(half) if fx > 0 or fy <= n // 2]
+    index = torch.tensor([fy * half + fx for fy, fx in kept])
+
+    def spectra(images: torch.Tensor) -> torch.Tensor:  # (count, n, n) -> (2 * points, count)
+        return torch.view_as_real(torch.fft.rfft2(images).flatten(1)[:, index]).flatten(1).t().contiguous()
+
+    pixels = torch.zeros(side * side, n, n, dtype=torch.float64)
+    pixels[:, :side, :side] = torch.eye(side * side, dtype=torch.float64).view(-1, side, side)
+    taps = torch.zeros(kernel * kernel, n, n, dtype=torch.float64)  # tap t at -(t - pad), circularly:
+    for t in range(kernel * kernel):  # the product is then the correlation conv2d computes
+        taps[t, (pad - t // kernel) % n, (pad - t % kernel) % n] = 1
+    outputs = []  # each point's real and imaginary unit, with its conjugate where it stands for two
+    for fy, fx in kept:
+        for unit in (1, 1j):
+            spectrum = torch.zeros(n, half, dtype=torch.complex128)
+            spectrum[fy, fx] = unit
+            if fx == 0 and fy:
+                spectrum[-fy, 0] = complex(unit).conjugate()
+            outputs.append(torch.fft.irfft2(spectrum, s=(n, n))[:side, :side].flatten())
+    return ConvTransform(spectra(pixels), spectra(taps), torch.stack(outputs), 2)
+
+
+TRANSFORMS = {"winograd": winograd_transform, "fourier": fourier_transform}
+
+
+@functools.cache
+def conv_transform(kind: str, side: int, kernel: int, dtype: torch.dtype, device: torch.device) -> ConvTransform:
+    """``kind`` (``"winograd"``, ``"fourier"``) for a ``side`` px map and ``kernel`` px kernel, in
+    ``dtype`` on ``device``; built once."""
+    exact = TRANSFORMS[kind](side, kernel)
+    return ConvTransform(*(t.to(dtype=dtype, device=device) for t in (exact.t_in, exact.t_w, exact.t_out)),
+                         exact.parts)
+
+
+def _batch_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (``(B, C, H, W)``) as ``(H*W, C*B)``: a view where ``x`` is :func:`_from_batch_last`'s."""
+    return x.permute(2, 3, 1, 0).reshape(x.shape[2] * x.shape[3], -1)
+
+
+def _from_batch_last(t: torch.Tensor, batch: int, side: int) -> torch.Tensor:
+    """``t`` (``(side*side, C*batch)``) as ``(batch, C, side, side)``, a view in that memory."""
+    return t.view(side, side, -1, batch).permute(3, 2, 0, 1)
+
+
+def _batch_last_strides(batch: int, channels: int, side: int) -> tuple[int, ...]:
+    """The strides of a ``(batch, channels, side, side)`` tensor laid out as ``(side, side, channels, batch)``."""
+    return 1, batch, side * channels * batch, channels * batch
+
+
+class _TransformedConv2d(torch.autograd.Function):
+    """A stride-1 "same" convolution of a small map as a pointwise product in a transform domain
+    (:class:`ConvTransform`): per point one GEMM over the channels, ``Ŷ_p = Ŵ_p X̂_p``, all
+    ``points`` in one batched GEMM. A complex point's product is real GEMM of twice the size,
+    ``[[Ŵr, -Ŵi], [Ŵi, Ŵr]] @ [X̂r; X̂i]``. Fewer multiply-adds than the convolution (Winograd on
+    the 3x3 maps: 25 per channel pair against 81; Fourier on conv2's 7x7: 244 against 1,225), as
+    large GEMMs. Its gradients are the same products transposed: ``dX̂_p = Ŵ_p^T dŶ_p``,
+    ``dŴ_p = dŶ_p X̂_p^T`` (summed over the batch inside the GEMM).
+
+    Batch last: the transforms are GEMMs on ``(side², C·B)`` matrices, so the input is read and
+    the output written as ``(H, W, C, B)`` in memory (:func:`_batch_last`). Between two such layers
+    (conv3-conv5, their ReLUs in place) neither the maps nor their gradients are copied."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, kind: str):
+        batch, channels, side, _ = x.shape
+        out_channels, _, kernel, _ = weight.shape
+        tf = conv_transform(kind, side, kernel, x.dtype, x.device)
+        p, m = tf.points, tf.parts
+        x_hat = torch.mm(tf.t_in, _batch_last(x)).view(p, m * channels, batch)
+        w_hat = torch.mm(tf.t_w, weight.to(x.dtype).reshape(out_channels * channels, -1).t())
+        w_hat = _real_form(w_hat.view(p, m, out_channels, channels))
+        y_hat = torch.bmm(w_hat, x_hat)  # (p, m * O, B)
+        # written into a tensor of its own, laid out batch last, not returned as a view: ReLU works in place
+        out = torch.empty_strided((batch, out_channels, side, side), _batch_last_strides(batch, out_channels, side),
+                                  dtype=x.dtype, device=x.device)
+        y = torch.mm(tf.t_out.t(), y_hat.view(p * m, -1), out=_batch_last(out))  # (side², O * B)
+        if bias is not None:
+            y.view(side * side, out_channels, batch).add_(bias.to(x.dtype)[:, None])
+        ctx.save_for_backward(x_hat, w_hat)
+        ctx.geometry = (tf, batch, side, kernel, bias is not None)
+        ctx.param_layout = (weight.dtype, weight.stride())
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_hat, w_hat = ctx.saved_tensors
+        tf, batch, side, kernel, has_bias = ctx.geometry
+        p, m = tf.points, tf.parts
+        out_channels, channels = w_hat.shape[1] // m, w_hat.shape[2] // m
+        g = _batch_last(grad)  # (side², O * B)
+        g_hat = torch.mm(tf.t_out, g).view(p, m * out_channels, batch)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            dx_hat = torch.bmm(w_hat.transpose(1, 2), g_hat)  # (p, m * C, B)
+            grad_x = _from_batch_last(torch.mm(tf.t_in.t(), dx_hat.view(p * m, -1)), batch, side)
+        if ctx.needs_input_grad[1]:
+            dw_hat = _real_form_grad(torch.bmm(g_hat, x_hat.transpose(1, 2)), m)  # (p, m, O, C)
+            grad_w = torch.mm(dw_hat.view(p * m, -1).t(), tf.t_w).view(out_channels, channels, kernel, kernel)
+            grad_w = _param_grad(grad_w, *ctx.param_layout)
+        if has_bias and ctx.needs_input_grad[2]:
+            grad_b = g.view(side * side, out_channels, batch).sum((0, 2)).to(ctx.param_layout[0])
+        return grad_x, grad_w, grad_b, None
+
+
+def _real_form(w_hat: torch.Tensor) -> torch.Tensor:
+    """``w_hat`` (``(points, parts, O, C)``) as the real matrices that multiply: itself for real
+    points, ``[[Wr, -Wi], [Wi, Wr]]`` (``(points, 2*O, 2*C)``) for complex ones."""
+    if w_hat.shape[1] == 1:
+        return w_hat[:, 0]
+    re, im = w_hat[:, 0], w_hat[:, 1]
+    return torch.cat([torch.cat([re, -im], 2), torch.cat([im, re], 2)], 1)
+
+
+def _real_form_grad(grad: torch.Tensor, parts: int) -> torch.Tensor:
+    """The gradient of :func:`_real_form`'s input from its output's, ``(points, parts, O, C)``."""
+    if parts == 1:
+        return grad.unsqueeze(1)
+    o, c = grad.shape[1] // 2, grad.shape[2] // 2
+    re = grad[:, :o, :c] + grad[:, o:, c:]
+    im = grad[:, o:, :c] - grad[:, :o, c:]
+    return torch.stack([re, im], 1)
+
+
+def transformed_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kind: str) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, padding=kernel // 2)`` (stride 1, odd square kernel) computed by
+    :class:`_TransformedConv2d` in the ``kind`` transform (``"winograd"``, ``"fourier"``); the
+    output is laid out batch last."""
+    return _TransformedConv2d.apply(_in_autocast_dtype(x), weight, bias, kind)
 
 
 class ConvReLU(nn.Module):
@@ -346,18 +476,19 @@ class ConvReLU(nn.Module):
 
     * bf16: :func:`matmul_conv2d` for a stride-1 "same" convolution on a map of ``SMALL_MAP`` px
       or less (AlexNetSmall's conv3-conv5) and for a one-channel input (conv1);
-      the ``"row-gemm"`` path of :func:`same_conv2d` for a "same" convolution on larger maps up to
+      :func:`row_gemm_conv2d` for a "same" convolution on larger maps up to
       ``MID_MAP`` (conv2 on 7x7): oneDNN's forward pass and input gradient, the weight gradient as
       GEMMs. As GEMMs throughout, conv2 took 153.5 ms a step against oneDNN's 145: its 60 MB im2col
       matrix and its forward GEMM cost more than its weight gradient, 2.5x as fast as oneDNN's, saved.
-    * fp32: :func:`same_conv2d`'s ``"small-map"`` path on the small maps (the forward pass and the
-      weight gradient as transposed convolutions) and its ``"transposed"`` path up to ``MID_MAP``
-      (conv2: the forward pass as a transposed convolution); ``"channels-last"`` for a one-channel
-      input whose output pools in channels-last (:class:`MaxPool2d`; conv1): oneDNN's convolution
-      writing that layout itself, which saves the pool's copy in and the gradient's copy back
-      (conv1 and pool1, forward and backward, batch 256: 30.3 -> 24.3 ms). conv2 takes that map
-      channels-last as it is and hands pool2 one (1.035x a step: :meth:`input_layout`); conv3-conv5
-      read theirs NCHW (channels-last there: 0.79x).
+    * fp32: :func:`transformed_conv2d` for a stride-1 "same" convolution on a small map: in the
+      ``"winograd"`` transform where the map and the kernel need at most 5 points (AlexNetSmall's
+      3x3 maps, conv3-conv5), in the ``"fourier"`` one up to ``MID_MAP`` (conv2 on 7x7). Forward
+      and backward at batch 256, against the transposed-convolution paths they replace (stop 25):
+      conv2 124 -> 75 ms, conv3 39 -> 23, conv4 54 -> 33, conv5 36 -> 20 (``benchmarks/conv_step.py``
+      for the whole step). ``"channels-last"`` for a one-channel input whose output pools in
+      channels-last (:class:`MaxPool2d`; conv1): oneDNN's convolution writing that layout itself,
+      which saves the pool's copy in and the gradient's copy back (conv1 and pool1, forward and
+      backward, batch 256: 30.3 -> 24.3 ms).
 
     Everywhere else oneDNN's own kernels: AlexNet's 13x13 and 27x27 maps at 227 px (not measured
     on the row-GEMM path; in fp32 the transposed forward ran no faster there) and its conv1 (a
@@ -388,43 +519,48 @@ class ConvReLU(nn.Module):
         """The convolution's output, before the ReLU."""
         if not torch.jit.is_scripting():
             path = self.path(x)
-            if self.conv.in_channels > 1:
-                x = x.contiguous(memory_format=self.input_layout(path))
+            layout = self.input_layout(path)
+            if layout is not None:
+                x = x.contiguous(memory_format=layout)
             if path != "plain":
                 return self._fast(x, path)
         return self.conv(x)
 
-    def input_layout(self, path: str) -> torch.memory_format:
-        """The memory format this layer reads its input in on ``path`` (more than one input channel):
-        channels-last on the fp32 ``"transposed"`` path (conv2, which reads pool1's channels-last
-        map as it is and hands pool2 a channels-last map: 1.035x an fp32 step), else its weight's,
-        which is the model's (``Compute.layout``)."""
-        if path == "transposed":
-            return torch.channels_last
+    def input_layout(self, path: str) -> torch.memory_format | None:
+        """The memory format this layer reads its input in on ``path``: none (as it comes) for one
+        input channel, where both layouts are the same bytes, and on the transformed paths, which
+        read the batch-last maps of the layer before as they are and copy any other; else its
+        weight's, which is the model's (``Compute.layout``)."""
+        if self.conv.in_channels == 1 or path in TRANSFORMS:
+            return None
         return torch.channels_last if self.conv.weight.is_contiguous(memory_format=torch.channels_last) else (
             torch.contiguous_format)
 
     def path(self, x: torch.Tensor) -> str:
-        """How ``x`` (``(B, C, H, W)``) is convolved: ``"matmul"``, a key of ``SAME_CONV_PATHS``, or ``"plain"``."""
+        """How ``x`` (``(B, C, H, W)``) is convolved: ``"matmul"``, ``"row-gemm"``, a key of
+        ``TRANSFORMS``, ``"channels-last"`` or ``"plain"``."""
         if not (self.fast_paths and self.plain_geometry and x.device.type == "cpu" and torch.is_grad_enabled()):
             return "plain"
         bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
         side = max(x.shape[-2:])
-        paths = ("matmul", "row-gemm") if bf16 else ("small-map", "transposed", "channels-last")
+        paths = ("matmul", "row-gemm") if bf16 else ("winograd", "fourier", "channels-last")
         return next((p for p in paths if self.suits(p, side)), "plain")
 
     def suits(self, path: str, side: int) -> bool:
         """Whether ``path`` is where this layer, on a ``side`` px map, measured faster than oneDNN
-        (in the precision that takes it: ``"matmul"`` and ``"row-gemm"`` in bf16, ``"small-map"``,
-        ``"transposed"`` and ``"channels-last"`` in fp32)."""
+        (in the precision that takes it: ``"matmul"`` and ``"row-gemm"`` in bf16, ``"winograd"``,
+        ``"fourier"`` and ``"channels-last"`` in fp32)."""
         c = self.conv
+        k = c.kernel_size[0]
         if path == "matmul":
             return (self.same_size and side <= SMALL_MAP) or c.in_channels == 1
         if path == "channels-last":
-            return c.in_channels == 1 and _out(side, c.kernel_size[0], c.stride[0], c.padding[0]) <= CL_POOL_MAX_MAP
-        if path == "small-map":
-            return self.same_size and side <= SMALL_MAP
-        if path in ("transposed", "row-gemm"):
+            return c.in_channels == 1 and _out(side, k, c.stride[0], c.padding[0]) <= CL_POOL_MAX_MAP
+        if path == "winograd":
+            return self.same_size and side + k - 1 <= len(WINOGRAD_POINTS)
+        if path == "fourier":
+            return self.same_size and side <= MID_MAP
+        if path == "row-gemm":
             return self.same_size and SMALL_MAP < side <= MID_MAP
         return False
 
@@ -435,7 +571,9 @@ class ConvReLU(nn.Module):
             return matmul_conv2d(x, c.weight, c.bias, c.stride[0], c.padding[0])
         if path == "channels-last":
             return c(_one_channel_as_channels_last(x))
-        return same_conv2d(x, c.weight, c.bias, c.padding[0], path)
+        if path == "row-gemm":
+            return row_gemm_conv2d(x, c.weight, c.bias, c.padding[0])
+        return transformed_conv2d(x, c.weight, c.bias, path)
 
 
 def _one_channel_as_channels_last(x: torch.Tensor) -> torch.Tensor:
