@@ -444,21 +444,30 @@ class _TransformedConv2d(torch.autograd.Function):
 
 def _real_form(w_hat: torch.Tensor) -> torch.Tensor:
     """``w_hat`` (``(points, parts, O, C)``) as the real matrices that multiply: itself for real
-    points, ``[[Wr, -Wi], [Wi, Wr]]`` (``(points, 2*O, 2*C)``) for complex ones."""
-    if w_hat.shape[1] == 1:
+    points, ``[[Wr, -Wi], [Wi, Wr]]`` (``(points, 2*O, 2*C)``) for complex ones, written once into
+    its four quarters (``torch.cat`` copied it twice: 5.4 against ~2 ms a step for conv2)."""
+    points, parts, o, c = w_hat.shape
+    if parts == 1:
         return w_hat[:, 0]
     re, im = w_hat[:, 0], w_hat[:, 1]
-    return torch.cat([torch.cat([re, -im], 2), torch.cat([im, re], 2)], 1)
+    block = torch.empty(points, 2, o, 2, c, dtype=w_hat.dtype, device=w_hat.device)
+    block[:, 0, :, 0] = re
+    torch.neg(im, out=block[:, 0, :, 1])
+    block[:, 1, :, 0] = im
+    block[:, 1, :, 1] = re
+    return block.view(points, 2 * o, 2 * c)
 
 
 def _real_form_grad(grad: torch.Tensor, parts: int) -> torch.Tensor:
     """The gradient of :func:`_real_form`'s input from its output's, ``(points, parts, O, C)``."""
     if parts == 1:
         return grad.unsqueeze(1)
-    o, c = grad.shape[1] // 2, grad.shape[2] // 2
-    re = grad[:, :o, :c] + grad[:, o:, c:]
-    im = grad[:, o:, :c] - grad[:, :o, c:]
-    return torch.stack([re, im], 1)
+    points, o, c = grad.shape[0], grad.shape[1] // 2, grad.shape[2] // 2
+    quarters = grad.view(points, 2, o, 2, c)
+    out = torch.empty(points, 2, o, c, dtype=grad.dtype, device=grad.device)
+    torch.add(quarters[:, 0, :, 0], quarters[:, 1, :, 1], out=out[:, 0])
+    torch.sub(quarters[:, 1, :, 0], quarters[:, 0, :, 1], out=out[:, 1])
+    return out
 
 
 def transformed_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kind: str) -> torch.Tensor:
