@@ -7,7 +7,8 @@ import torch
 
 from fmnist.model import (CL_POOL_MAX_MAP, ROW_MAJOR_MIN_COLS, SMALL_MAP, TRANSFORMS, WINOGRAD_POINTS, AlexNet,
                           AlexNetSmall, ConvReLU, LinearReLU, MaxPool2d, feature_size, im2col, kernel_windows,
-                          matmul_conv2d, paths_taken, row_gemm_conv2d, transformed_conv2d, winograd_transform)
+                          is_batch_last, matmul_conv2d, paths_taken, row_gemm_conv2d, transformed_conv2d,
+                          winograd_transform)
 
 
 @pytest.mark.parametrize("cls, size, first_linear", [(AlexNetSmall, 67, 256), (AlexNet, 227, 9216),
@@ -243,9 +244,8 @@ def test_fast_and_plain_models_load_each_others_state_and_agree(bf16):
 
 def test_layers_read_their_input_in_the_layout_their_path_runs_fastest_in(monkeypatch):
     """In fp32 training conv1 writes its map channels-last, as pool1 pools it (no copy in); conv2
-    (Fourier) and conv3 (Winograd) read what the pools hand them, and conv4 and conv5 read the
-    batch-last map of the layer before as it is, no copy. In the bf16 model everything stays
-    channels-last."""
+    (Fourier) reads that, and from there the maps stay batch last: pool2 pools conv2's as it lies,
+    conv3-conv5 read theirs as they are, no copy. In the bf16 model everything stays channels-last."""
     import fmnist.model
 
     seen = []
@@ -272,8 +272,7 @@ def test_layers_read_their_input_in_the_layout_their_path_runs_fastest_in(monkey
     x = torch.rand(4, 1, 67, 67)
     model(x[1:3])  # a slice: conv1 reads it where it lies
     assert conv1_out == [True]
-    assert seen == [("fourier", "channels-last"), ("winograd", "NCHW"), ("winograd", "batch-last"),
-                    ("winograd", "batch-last")]
+    assert seen == [("fourier", "channels-last")] + [("winograd", "batch-last")] * 3
     seen.clear()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model.to(memory_format=torch.channels_last)(x)
@@ -310,6 +309,24 @@ def test_torchscript_takes_the_plain_convolution():
     x = torch.rand(4, 1, 67, 67)
     with torch.no_grad():
         torch.testing.assert_close(frozen(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_batch_last_maps_pool_as_they_lie_with_the_same_bits():
+    """A batch-last map (the transformed convolutions' output) pools without a copy into a
+    batch-last map, and its gradient comes back batch last: values, the first maximum of a window
+    of equal values, and gradients bit for bit as ``nn.MaxPool2d`` on the NCHW map."""
+    torch.manual_seed(0)
+    x = torch.rand(4, 6, 7, 7)
+    x[:, :, :3] = 0.5  # windows of equal values
+    batch_last = x.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1).requires_grad_()
+    assert is_batch_last(batch_last) and not is_batch_last(x)
+    nchw = x.clone().requires_grad_()
+    got, want = MaxPool2d(3, 2)(batch_last), torch.nn.MaxPool2d(3, 2)(nchw)
+    assert is_batch_last(got) and torch.equal(got, want)
+    grad = torch.randn_like(want)
+    got.backward(grad)
+    want.backward(grad)
+    assert is_batch_last(batch_last.grad) and torch.equal(batch_last.grad, nchw.grad)
 
 
 def test_pooling_before_the_relu_gives_the_same_bits():
@@ -359,7 +376,7 @@ def test_small_nchw_maps_pool_in_channels_last_with_the_same_bits(monkeypatch):
         out.square().sum().backward()
         outs.append(out)
         grads.append([p.grad for p in model.parameters()])
-    assert pooled == [(15, True), (7, True), (3, True)]  # the fp32 model is NCHW; its pools are not
+    assert pooled == [(15, True), (7, True), (3, True)]  # the fp32 model is NCHW or batch last; its pools are not
     assert torch.equal(outs[0], outs[1])
     assert all(torch.equal(a, b) for a, b in zip(*grads))
     big = torch.rand(2, 4, CL_POOL_MAX_MAP + 2, CL_POOL_MAX_MAP + 2)

@@ -382,6 +382,12 @@ def _from_batch_last(t: torch.Tensor, batch: int, side: int) -> torch.Tensor:
     return t.view(side, side, -1, batch).permute(3, 2, 0, 1)
 
 
+def is_batch_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` (``(B, C, H, W)``) lies in memory as ``(H, W, C, B)``, and is not also NCHW
+    (a single image and channel)."""
+    return x.permute(2, 3, 1, 0).is_contiguous() and not x.is_contiguous()
+
+
 def _batch_last_strides(batch: int, channels: int, side: int) -> tuple[int, ...]:
     """The strides of a ``(batch, channels, side, side)`` tensor laid out as ``(side, side, channels, batch)``."""
     return 1, batch, side * channels * batch, channels * batch
@@ -635,10 +641,24 @@ class MaxPool2d(nn.MaxPool2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():  # alone in its condition, so that TorchScript skips the branch
+            if x.dim() == 4 and is_batch_last(x):
+                return self._pool_batch_last(x)
             if (x.device.type == "cpu" and x.dim() == 4 and max(x.shape[-2:]) <= CL_POOL_MAX_MAP
                     and not x.is_contiguous(memory_format=torch.channels_last)):
                 return self._pool(x.contiguous(memory_format=torch.channels_last)).contiguous()
         return self._pool(x)
+
+    @torch.jit.unused
+    def _pool_batch_last(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch-last map (the transformed convolutions' output) pooled as it lies: ``(H, W, C, B)``
+        in memory is a channels-last ``(1, C*B, H, W)``, which the channels-last kernel pools along
+        its ``C*B`` planes, and writes batch last again. No copy either way, nor of the gradient
+        (conv2's, 12.8 MB each way at batch 256), and conv3 reads the result as it is."""
+        batch, channels, height, width = x.shape
+        planes = x.permute(2, 3, 1, 0).reshape(1, height, width, channels * batch).permute(0, 3, 1, 2)
+        pooled = self._pool(planes)
+        out_h, out_w = pooled.shape[-2:]
+        return pooled.permute(0, 2, 3, 1).reshape(out_h, out_w, channels, batch).permute(3, 2, 0, 1)
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
@@ -733,7 +753,7 @@ class AlexNetBase(nn.Module):
             x = self.p1(self.n1(self.c1(x)))
             x = self.p2(self.n2(self.c2(x)))
         x = self.p3(self.c5(self.c4(self.c3(x))))  # (B, 256, 1, 1)
-        x = self.flatten(x)  # (B, 256)
+        x = self.flatten(x).contiguous()  # (B, 256), row-major: a batch-last map flattens to the transposed view
         return self.l3(self.l2(self.l1(x)))  # (B, 10) logits
 
 
