@@ -429,7 +429,9 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, device {DEVICE} ({where})")
     print(f"matmul {n}x{n} float32: {peak:.0f} GFLOP/s; bfloat16: {peak_bf16:.0f} GFLOP/s")
     print(f"forward + backward: AlexNetSmall at 67 px {flops / 1e9:.3f} GFLOP per image, "
-          f"AlexNet at 227 px {flops227 / 1e9:.3f}")
+          f"AlexNet at 227 px {flops227 / 1e9:.3f} (the plain convolutions' count, torch's flop counter: "
+          f"the fp32 Winograd and Fourier paths do fewer multiply-adds, so a fraction of peak above 100% "
+          f"means that, not a faster CPU)")
     from fmnist.params import load_params
 
     args.valid = args.valid or stage_valid_images(args.images)
