@@ -241,3 +241,16 @@ def test_bf16_predictions_match_fp32():
     assert np.abs(bf16 - fp32).max() < 0.05  # bf16 keeps 8 bits of mantissa
     assert (bf16.argmax(axis=1) == fp32.argmax(axis=1)).mean() >= 0.95
     assert module.c2.conv.weight.is_contiguous()  # bf16 ran a channels-last copy; the caller's module is as it was
+
+
+def test_training_steps_hand_on_their_predictions_without_the_graph():
+    """EpochScoring caches every step's predictions for the epoch: with their graph attached, each
+    step's autograd nodes (and on the fp32 transformed paths about 23 MB) stayed alive until then."""
+    from fmnist.model import AlexNetSmall
+    from fmnist.training import Classifier
+
+    net = Classifier(AlexNetSmall, max_epochs=1, batch_size=4, train_split=None, optimizer=torch.optim.Adam,
+                     verbose=0).initialize()
+    net.module_.train()
+    step = net.train_step_single((torch.rand(4, 1, 67, 67), torch.randint(0, 10, (4,))))
+    assert step["y_pred"].grad_fn is None and step["loss"].grad_fn is not None

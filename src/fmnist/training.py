@@ -110,6 +110,15 @@ class Classifier(NeuralNetClassifier):
             y = super().infer(x, **fit_params)
         return y.float()
 
+    def train_step_single(self, batch, **fit_params):
+        """skorch's step, its predictions handed on without their graph. ``EpochScoring`` caches
+        each batch's predictions for the epoch (train accuracy without a second pass); with the
+        graph attached, every node of every step stayed alive until the epoch ended, and with it
+        about 23 MB a step on the fp32 transformed paths (the stage peaked at 5.3 GB, not 1.4)."""
+        step = super().train_step_single(batch, **fit_params)
+        step["y_pred"] = step["y_pred"].detach()
+        return step
+
 
 def build_net(spec: ModelSpec, hp: HyperParams, compute: Compute, *, max_epochs: int, patience: int, seed: int,
               valid: ImageSet, augment: bool = False, progress_bar: bool = False,
