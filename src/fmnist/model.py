@@ -506,8 +506,9 @@ class ConvReLU(nn.Module):
       backward, batch 256: 30.3 -> 24.3 ms).
 
     Everywhere else oneDNN's own kernels: AlexNet's 13x13 and 27x27 maps at 227 px (not measured
-    on the row-GEMM path; in fp32 the transposed forward ran no faster there) and its conv1 (a
-    55 px map, pooled NCHW). The parameters and state dict are the ``nn.Conv2d``'s, the outputs
+    on the row-GEMM path; in fp32 the Fourier path, its transforms dense matrices, took 1.1-1.6x
+    oneDNN's time there) and its conv1 (a 55 px map, pooled NCHW). On 5x5 maps (inputs of about
+    99 px) the Fourier path measured 1.0-1.13x oneDNN's speed. The parameters and state dict are the ``nn.Conv2d``'s, the outputs
     and gradients the same to float rounding.
     ``fast_paths = False`` gives the plain convolution everywhere. TorchScript always takes the
     plain convolution (what ``torch.jit.freeze`` fuses with the ReLU for inference), and so does a
