@@ -507,9 +507,10 @@ class ConvReLU(nn.Module):
 
     Everywhere else oneDNN's own kernels: AlexNet's 13x13 and 27x27 maps at 227 px (not measured
     on the row-GEMM path; in fp32 the Fourier path, its transforms dense matrices, took 1.1-1.6x
-    oneDNN's time there) and its conv1 (a 55 px map, pooled NCHW). On 5x5 maps (inputs of about
-    99 px) the Fourier path measured 1.0-1.13x oneDNN's speed. The parameters and state dict are the ``nn.Conv2d``'s, the outputs
-    and gradients the same to float rounding.
+    oneDNN's time there), its conv1 (a 55 px map, pooled NCHW), and any map that is not square
+    (the transforms are built per side). On 5x5 maps (inputs of about 99 px) the Fourier path
+    measured 1.0-1.13x oneDNN's speed. The parameters and state dict are the ``nn.Conv2d``'s, the
+    outputs and gradients the same to float rounding.
     ``fast_paths = False`` gives the plain convolution everywhere. TorchScript always takes the
     plain convolution (what ``torch.jit.freeze`` fuses with the ReLU for inference), and so does a
     pass without gradients.
@@ -560,6 +561,8 @@ class ConvReLU(nn.Module):
         bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
         side = max(x.shape[-2:])
         paths = ("matmul", "row-gemm") if bf16 else ("winograd", "fourier", "channels-last")
+        if x.shape[-2] != x.shape[-1]:  # the transforms take square maps
+            paths = tuple(p for p in paths if p not in TRANSFORMS)
         return next((p for p in paths if self.suits(p, side)), "plain")
 
     def suits(self, path: str, side: int) -> bool:
