@@ -32,12 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from fmnist.allocator import tune_malloc_for  # noqa: E402
 from fmnist.compute import Compute, resolve_precision, set_threads  # noqa: E402
-from fmnist.model import MODELS, ConvReLU, paths_taken  # noqa: E402
-from train import matmul_gflops  # noqa: E402  (benchmarks/train.py: the peak into a preallocated output)
+from fmnist.model import MODELS, ConvReLU, paths_taken, plain_convolutions  # noqa: E402
+from train import flops_per_image, matmul_gflops  # noqa: E402  (benchmarks/train.py)
 
 
 def _tap_index(side: int, kernel: int, padding: int) -> torch.Tensor:
@@ -94,28 +93,26 @@ def set_path(module: torch.nn.Module, path: str) -> torch.nn.Module:
     ``matmul``: that path in either precision, on the layers where the model takes it in bf16;
     ``transformed``: Winograd, or else Fourier, where the model takes them in fp32
     (:meth:`fmnist.model.ConvReLU.suits`); ``dense``: the 3x3-map layers as :func:`dense_conv2d`."""
+    if path == "conv":
+        return plain_convolutions(module)
+    if path == "default":
+        return module
+    choices = {"transformed": ("winograd", "fourier"), "dense": ("winograd",)}.get(path, (path,))
     for m in module.modules():
         if isinstance(m, ConvReLU):
-            m.fast_paths = path != "conv"
-            if path in ("transformed", "matmul", "dense"):
-                choices = {"transformed": ("winograd", "fourier"), "dense": ("winograd",)}.get(path, (path,))
-
-                def forced(x, m=m, path=path, choices=choices):
-                    if not (x.device.type == "cpu" and torch.is_grad_enabled()):
-                        return "plain"
-                    suited = [p for p in choices if m.suits(p, max(x.shape[-2:]))]
-                    return (path if path == "dense" else suited[0]) if suited else "plain"
-                m.path = forced
-                if path == "dense":
-                    m._fast = lambda x, _path, c=m.conv: dense_conv2d(x, c.weight, c.bias, c.padding[0])
+            def forced(x, m=m):
+                if not (x.device.type == "cpu" and torch.is_grad_enabled()):
+                    return "plain"
+                suited = [p for p in choices if m.suits(p, max(x.shape[-2:]))]
+                if not suited:
+                    return "plain"
+                if path == "dense":  # on the layers Winograd suits, by dense_conv2d (its _fast below)
+                    return "dense"
+                return suited[0]
+            m.path = forced
+            if path == "dense":
+                m._fast = lambda x, _path, c=m.conv: dense_conv2d(x, c.weight, c.bias, c.padding[0])
     return module
-
-
-def step_flops(module: torch.nn.Module, size: int) -> float:
-    m = set_path(copy.deepcopy(module), "conv").train()
-    with FlopCounterMode(display=False) as counter:
-        m(torch.rand(8, 1, size, size)).sum().backward()
-    return counter.get_total_flops() / 8
 
 
 def main() -> None:
@@ -132,7 +129,7 @@ def main() -> None:
     threads = set_threads(args.threads)
     torch.manual_seed(0)
     base = MODELS[args.model](input_size=size)
-    flops = step_flops(base, size)
+    flops = flops_per_image(args.model, size)
     peak = {"fp32": matmul_gflops("fp32"), "bf16": matmul_gflops("bf16")}
     print(f"{args.model} at {size} px, batch {args.batch}, {threads} threads, torch {torch.__version__}; "
           f"{flops / 1e9:.3f} GFLOP per image (forward + backward, the plain convolutions' count: the "

@@ -115,12 +115,10 @@ def flops_per_image(model_name: str = "AlexNetSmall", size: int = 67) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from fmnist.model import MODELS, ConvReLU
+    from fmnist.model import MODELS, plain_convolutions
 
-    model = MODELS[model_name](input_size=size)
-    for m in model.modules():  # the plain convolutions' count, whichever paths train: like for like with the seed's
-        if isinstance(m, ConvReLU):
-            m.fast_paths = False
+    # the plain convolutions' count, whichever paths train: like for like with the seed's
+    model = plain_convolutions(MODELS[model_name](input_size=size))
     x = torch.rand(8, 1, size, size)
     with FlopCounterMode(display=False) as counter:
         model(x).sum().backward()
@@ -145,16 +143,6 @@ def fast_paths(module, size: int, compute) -> str:
     return ",".join(f"{layer}:{path}" for layer, path in paths(module, size, compute.autocast()).items()) or "none"
 
 
-def plain_convolutions(module):
-    """``module`` with every convolution a plain ``nn.Conv2d``, as the notebook had them."""
-    from fmnist.model import ConvReLU
-
-    for m in module.modules():
-        if isinstance(m, ConvReLU):
-            m.fast_paths = False
-    return module
-
-
 def variant_seed(n_train: int, n_valid: int, epochs: int, precision: str = "fp32") -> dict:
     """The notebook: PIL resize per sample in __getitem__, skorch's DataLoader, batch 2048, plain
     convolutions; in ``precision`` (bf16: autocast and channels-last, as the pipeline runs it)."""
@@ -164,7 +152,7 @@ def variant_seed(n_train: int, n_valid: int, epochs: int, precision: str = "fp32
     from torchvision import transforms
 
     from fmnist.compute import Compute
-    from fmnist.model import AlexNetSmall
+    from fmnist.model import AlexNetSmall, plain_convolutions
     from fmnist.training import Classifier
 
     images, labels, v_images, v_labels = load_data(n_train, n_valid)

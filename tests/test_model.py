@@ -7,8 +7,8 @@ import torch
 
 from fmnist.model import (CL_POOL_MAX_MAP, ROW_MAJOR_MIN_COLS, SMALL_MAP, TRANSFORMS, WINOGRAD_POINTS, AlexNet,
                           AlexNetSmall, ConvReLU, LinearReLU, MaxPool2d, feature_size, im2col, kernel_windows,
-                          is_batch_last, matmul_conv2d, paths_taken, row_gemm_conv2d, transformed_conv2d,
-                          winograd_transform)
+                          is_batch_last, matmul_conv2d, paths_taken, plain_convolutions, row_gemm_conv2d,
+                          transformed_conv2d, winograd_transform)
 
 
 @pytest.mark.parametrize("cls, size, first_linear", [(AlexNetSmall, 67, 256), (AlexNet, 227, 9216),
@@ -64,14 +64,6 @@ def test_lrn_is_optional():
 
 # The fast paths (fmnist.model.matmul_conv2d and row_gemm_conv2d in bf16, transformed_conv2d's Winograd and Fourier
 # transforms in fp32): same parameters, outputs and gradients as nn.Conv2d to float rounding, computed another way.
-
-def plain(model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` with every convolution a plain ``nn.Conv2d`` (the path before the speed-up)."""
-    for m in model.modules():
-        if isinstance(m, ConvReLU):
-            m.fast_paths = False
-    return model
-
 
 def step_grads(model: torch.nn.Module, x: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, dict]:
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -210,6 +202,7 @@ def test_fast_paths_run_where_they_are_faster_and_in_training_only():
             assert model.c2.path(torch.rand(2, 96, 7, 7)) == conv2
     assert paths_taken(AlexNet(), 227) == {}
     assert model.c2.path(torch.rand(2, 96, 6, 7)) == "plain"  # a map that is not square: oneDNN's
+    assert paths_taken(plain_convolutions(model), 67) == {} == paths_taken(model, 67, bf16)
 
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp64", "bf16"])
@@ -221,7 +214,7 @@ def test_fast_and_plain_models_load_each_others_state_and_agree(bf16):
     CPU's kernels. Each path's fp32 rounding is tested on its own above."""
     torch.manual_seed(0)
     x = torch.rand(8, 1, 67, 67)
-    plain_model = plain(AlexNetSmall(dropout=0.0))
+    plain_model = plain_convolutions(AlexNetSmall(dropout=0.0))
     fast = AlexNetSmall(dropout=0.0)
     assert fast.state_dict().keys() == plain_model.state_dict().keys()
     fast.load_state_dict(plain_model.state_dict())  # a checkpoint of the plain model, and back
@@ -332,7 +325,7 @@ def test_batch_last_maps_pool_as_they_lie_with_the_same_bits():
 
 def test_pooling_before_the_relu_gives_the_same_bits():
     torch.manual_seed(0)
-    model = plain(AlexNetSmall(dropout=0.0)).to(memory_format=torch.channels_last)
+    model = plain_convolutions(AlexNetSmall(dropout=0.0)).to(memory_format=torch.channels_last)
     x = torch.rand(8, 1, 67, 67)
 
     def relu_then_pool(m, x):  # the layers in the order of the paper

@@ -377,9 +377,9 @@ def _batch_last(x: torch.Tensor) -> torch.Tensor:
     return x.permute(2, 3, 1, 0).reshape(x.shape[2] * x.shape[3], -1)
 
 
-def _from_batch_last(t: torch.Tensor, batch: int, side: int) -> torch.Tensor:
-    """``t`` (``(side*side, C*batch)``) as ``(batch, C, side, side)``, a view in that memory."""
-    return t.view(side, side, -1, batch).permute(3, 2, 0, 1)
+def _from_batch_last(t: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:
+    """``t`` (``(height*width, C*batch)``) as ``(batch, C, height, width)``, a view in that memory."""
+    return t.view(height, width, -1, batch).permute(3, 2, 0, 1)
 
 
 def is_batch_last(x: torch.Tensor) -> bool:
@@ -438,7 +438,7 @@ class _TransformedConv2d(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             dx_hat = torch.bmm(w_hat.transpose(1, 2), g_hat)  # (p, m * C, B)
-            grad_x = _from_batch_last(torch.mm(tf.t_in.t(), dx_hat.view(p * m, -1)), batch, side)
+            grad_x = _from_batch_last(torch.mm(tf.t_in.t(), dx_hat.view(p * m, -1)), batch, side, side)
         if ctx.needs_input_grad[1]:
             dw_hat = _real_form_grad(torch.bmm(g_hat, x_hat.transpose(1, 2)), m)  # (p, m, O, C)
             grad_w = torch.mm(dw_hat.view(p * m, -1).t(), tf.t_w).view(out_channels, channels, kernel, kernel)
@@ -511,9 +511,9 @@ class ConvReLU(nn.Module):
     (the transforms are built per side). On 5x5 maps (inputs of about 99 px) the Fourier path
     measured 1.0-1.13x oneDNN's speed. The parameters and state dict are the ``nn.Conv2d``'s, the
     outputs and gradients the same to float rounding.
-    ``fast_paths = False`` gives the plain convolution everywhere. TorchScript always takes the
-    plain convolution (what ``torch.jit.freeze`` fuses with the ReLU for inference), and so does a
-    pass without gradients.
+    ``fast_paths = False`` (:func:`plain_convolutions`) gives the plain convolution everywhere.
+    TorchScript always takes the plain convolution (what ``torch.jit.freeze`` fuses with the ReLU
+    for inference), and so does a pass without gradients.
     """
 
     def __init__(self, in_channels: int, out_channels: int, **conv_kwargs):
@@ -628,6 +628,15 @@ def paths_taken(module: nn.Module, input_size: int, autocast: Any = None) -> dic
     return used
 
 
+
+def plain_convolutions(module: nn.Module) -> nn.Module:
+    """``module`` with every :class:`ConvReLU` on the plain ``nn.Conv2d`` path, as the notebook had
+    them (the baseline the fast paths are measured and tested against); returned for chaining."""
+    for m in module.modules():
+        if isinstance(m, ConvReLU):
+            m.fast_paths = False
+    return module
+
 class MaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` that pools a small NCHW map on the CPU in channels-last memory and hands it
     back NCHW.
@@ -658,11 +667,10 @@ class MaxPool2d(nn.MaxPool2d):
         in memory is a channels-last ``(1, C*B, H, W)``, which the channels-last kernel pools along
         its ``C*B`` planes, and writes batch last again. No copy either way, nor of the gradient
         (conv2's, 12.8 MB each way at batch 256), and conv3 reads the result as it is."""
-        batch, channels, height, width = x.shape
-        planes = x.permute(2, 3, 1, 0).reshape(1, height, width, channels * batch).permute(0, 3, 1, 2)
+        planes = _batch_last(x).view(1, *x.shape[-2:], -1).permute(0, 3, 1, 2)  # channels-last (1, C*B, H, W)
         pooled = self._pool(planes)
-        out_h, out_w = pooled.shape[-2:]
-        return pooled.permute(0, 2, 3, 1).reshape(out_h, out_w, channels, batch).permute(3, 2, 0, 1)
+        height, width = pooled.shape[-2:]
+        return _from_batch_last(pooled.permute(0, 2, 3, 1).view(height * width, -1), x.shape[0], height, width)
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
