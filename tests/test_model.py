@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from fmnist.model import (CL_POOL_MAX_MAP, ROW_MAJOR_MIN_COLS, SMALL_MAP, TRANSFORMS, WINOGRAD_POINTS, AlexNet,
-                          AlexNetSmall, ConvReLU, LinearReLU, MaxPool2d, feature_size, im2col, kernel_windows,
-                          is_batch_last, matmul_conv2d, paths_taken, plain_convolutions, row_gemm_conv2d,
-                          transformed_conv2d, winograd_transform)
+                          AlexNetSmall, ConvReLU, LinearReLU, MaxPool2d, feature_size, fourier_transform, im2col,
+                          is_batch_last, kernel_windows, matmul_conv2d, paths_taken, plain_convolutions,
+                          row_gemm_conv2d, transformed_conv2d, winograd_transform)
 
 
 @pytest.mark.parametrize("cls, size, first_linear", [(AlexNetSmall, 67, 256), (AlexNet, 227, 9216),
@@ -125,6 +125,13 @@ def test_winograd_takes_at_most_its_points_and_says_so():
     assert winograd_transform(3, 3).t_in.shape == (25, 9)  # 5 points per axis: 25 products, not 81
     with pytest.raises(ValueError, match="a 7 px map with a 5 px kernel needs 11 Winograd points; allowed: 5"):
         winograd_transform(7, 5)
+
+
+def test_fourier_takes_the_shortest_odd_circle_that_holds_the_same_output():
+    """9 points per axis for conv2's 7x7 map and 5x5 kernel, not the linear convolution's 11: 41
+    complex points, not 61 (exactness at that length: the tests above and below)."""
+    assert fourier_transform(7, 5).points == 9 * 5 - 4
+    assert fourier_transform(3, 3).points == 5 * 3 - 2  # 3 + 1 is even: 5, with no Nyquist column
 
 
 @pytest.mark.parametrize("kind", list(TRANSFORMS))

@@ -330,13 +330,17 @@ def winograd_transform(side: int, kernel: int) -> ConvTransform:
 
 
 def fourier_transform(side: int, kernel: int) -> ConvTransform:
-    """The discrete Fourier transform over ``N = side + kernel - 1`` points per axis, in float64:
-    a circular convolution that long holds the whole linear one, so the "same" output is exact.
-    Real input: the points are ``rfft2``'s half plane less the conjugates on its first column
-    (``N * (N // 2 + 1) - N // 2``: 61 for AlexNetSmall's conv2, 7x7 with a 5x5 kernel, where the
-    convolution counts 1,225 multiply-adds per channel pair; a complex product is 4). Unlike
-    Winograd's, the transform is well conditioned at any size: as exact as oneDNN in fp32."""
-    n, pad = side + kernel - 1, kernel // 2
+    """The discrete Fourier transform over ``N`` points per axis, in float64: a circular
+    convolution of length ``N >= side + kernel // 2`` wraps only what falls outside the "same"
+    output (the taps past either edge of the map land on zeros of the padded input), so the "same"
+    output is exact with fewer points than the full linear convolution's ``side + kernel - 1``;
+    ``N`` odd, so that ``rfft2``'s half plane has no Nyquist column to halve. The points are that
+    half plane less the conjugates on its first column (``N * (N // 2 + 1) - N // 2``: 41 for
+    AlexNetSmall's conv2, 7x7 with a 5x5 kernel over 9 points, where the convolution counts 1,225
+    multiply-adds per channel pair; a complex product is 4). Unlike Winograd's, the transform is
+    well conditioned at any size: as exact as oneDNN in fp32."""
+    pad = kernel // 2
+    n = side + pad + 1 - (side + pad) % 2  # the least odd length that holds the "same" output
     half = n // 2 + 1
     kept = [(fy, fx) for fy in range(n) for fx in range(half) if fx > 0 or fy <= n // 2]
     index = torch.tensor([fy * half + fx for fy, fx in kept])
@@ -398,7 +402,7 @@ class _TransformedConv2d(torch.autograd.Function):
     (:class:`ConvTransform`): per point one GEMM over the channels, ``Ŷ_p = Ŵ_p X̂_p``, all
     ``points`` in one batched GEMM. A complex point's product is real GEMM of twice the size,
     ``[[Ŵr, -Ŵi], [Ŵi, Ŵr]] @ [X̂r; X̂i]``. Fewer multiply-adds than the convolution (Winograd on
-    the 3x3 maps: 25 per channel pair against 81; Fourier on conv2's 7x7: 244 against 1,225), as
+    the 3x3 maps: 25 per channel pair against 81; Fourier on conv2's 7x7: 164 against 1,225), as
     large GEMMs. Its gradients are the same products transposed: ``dX̂_p = Ŵ_p^T dŶ_p``,
     ``dŴ_p = dŶ_p X̂_p^T`` (summed over the batch inside the GEMM).
 
