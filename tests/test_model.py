@@ -189,7 +189,7 @@ def test_padded_windows_reuse_one_zero_bordered_buffer_per_shape():
     assert torch.equal(leaf.grad, windows_per_pixel.expand(2, 5, 3, 3))
 
 
-def test_fast_paths_run_where_they_are_faster_and_in_training_only():
+def test_fast_paths_run_where_they_are_faster_and_bf16s_in_training_only():
     model = AlexNetSmall().eval()
     state = torch.random.get_rng_state()
     assert paths_taken(model, 67) == {"c1": "channels-last", "c2": "fourier", "c3": "winograd",
@@ -200,8 +200,12 @@ def test_fast_paths_run_where_they_are_faster_and_in_training_only():
     assert not model.training and torch.equal(torch.random.get_rng_state(), state)  # left as they were
     x = torch.rand(2, 256, 3, 3)
     assert model.c3.path(x) == "winograd"
-    with torch.no_grad():  # prediction: the plain convolution
-        assert model.c3.path(x) == "plain"
+    with torch.no_grad():  # prediction: fp32's paths too (fewer multiply-adds forward), not bf16's
+        assert model.c3.path(x) == "winograd"
+        with bf16:
+            assert model.c3.path(x) == "plain"
+    assert paths_taken(model, 67, training=False) == paths_taken(model, 67)
+    assert paths_taken(model, 67, bf16, training=False) == {}
     conv3 = ConvReLU(384, 384, kernel_size=3, padding=1)  # AlexNet's 13x13 maps at 227 px: oneDNN's own
     for autocast, conv2 in ((torch.autocast("cpu", enabled=False), "fourier"), (bf16, "row-gemm")):
         with autocast:
@@ -209,7 +213,8 @@ def test_fast_paths_run_where_they_are_faster_and_in_training_only():
             assert model.c2.path(torch.rand(2, 96, 7, 7)) == conv2
     assert paths_taken(AlexNet(), 227) == {}
     assert model.c2.path(torch.rand(2, 96, 6, 7)) == "plain"  # a map that is not square: oneDNN's
-    assert paths_taken(plain_convolutions(model), 67) == {} == paths_taken(model, 67, bf16)
+    plain_convolutions(model)
+    assert paths_taken(model, 67) == {} == paths_taken(model, 67, bf16) == paths_taken(model, 67, training=False)
 
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp64", "bf16"])

@@ -14,9 +14,9 @@ from fmnist.batches import BatchIterator, ImageSet, augment_batch
 from fmnist.checkpoint import EpochCheckpoint, fingerprint
 from fmnist.compute import Compute, resolve_precision, seed_everything
 from fmnist.errors import ParamsError
-from fmnist.model import ModelSpec
+from fmnist.model import AlexNetSmall, ModelSpec, plain_convolutions
 from fmnist.params import HyperParams
-from fmnist.predict import predict_proba
+from fmnist.predict import inference_module, predict_proba
 from fmnist.training import build_net, cosine_factor, fit
 
 
@@ -241,6 +241,26 @@ def test_bf16_predictions_match_fp32():
     assert np.abs(bf16 - fp32).max() < 0.05  # bf16 keeps 8 bits of mantissa
     assert (bf16.argmax(axis=1) == fp32.argmax(axis=1)).mean() >= 0.95
     assert module.c2.conv.weight.is_contiguous()  # bf16 ran a channels-last copy; the caller's module is as it was
+
+
+def test_fp32_predicts_on_the_fast_paths_where_a_layer_takes_one_else_frozen_torchscript():
+    """AlexNetSmall at 67 px predicts eagerly on the Winograd and Fourier paths (faster than frozen
+    TorchScript there), the same probabilities as the plain convolutions to float rounding; a model
+    no layer of which takes a fast path is frozen."""
+    torch.manual_seed(0)
+    fp32 = Compute("cpu", "fp32")
+    fast, plain = AlexNetSmall().eval(), plain_convolutions(AlexNetSmall().eval())
+    plain.load_state_dict(fast.state_dict())
+    assert inference_module(fast, fp32, 67) is fast
+    assert isinstance(inference_module(plain, fp32, 67), torch.jit.ScriptModule)
+    images = np.random.default_rng(0).integers(0, 256, (300, 67, 67), dtype=np.uint8)
+    got, want = predict_proba(fast, images, 67, fp32, 128), predict_proba(plain, images, 67, fp32, 128)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    seen = []
+    fast.c3.register_forward_pre_hook(lambda m, args: seen.append(m.path(args[0])))
+    with torch.inference_mode():
+        inference_module(fast, fp32, 67)(torch.rand(2, 1, 67, 67))
+    assert seen == ["winograd"]
 
 
 def test_training_steps_hand_on_their_predictions_without_the_graph():

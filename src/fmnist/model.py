@@ -22,7 +22,7 @@ from torch import nn
 HIDDEN = {"AlexNet": 4096, "AlexNetSmall": 128}
 N_CLASSES = 10
 SMALL_MAP = 3  # px: AlexNetSmall's conv3-conv5 maps, where oneDNN's backward kernels do worst
-MID_MAP = 7  # px: conv2's maps at 67 px (bf16: the row-GEMM weight gradient; fp32: the transposed forward)
+MID_MAP = 7  # px: conv2's maps at 67 px (bf16: the row-GEMM weight gradient; fp32: the Fourier transform)
 ROW_MAJOR_MIN_COLS = 1024  # im2col columns from which the weight gradient copies grad^T row-major
 CL_POOL_MAX_MAP = 15  # px: the largest NCHW map that MaxPool2d pools in channels-last (AlexNetSmall's)
 BORDERED_BUFFERS = 16  # zero-bordered inputs kept per thread (kernel_windows); a training run uses 3-6
@@ -503,8 +503,9 @@ class ConvReLU(nn.Module):
       ``"winograd"`` transform where the map and the kernel need at most 5 points (AlexNetSmall's
       3x3 maps, conv3-conv5), in the ``"fourier"`` one up to ``MID_MAP`` (conv2 on 7x7). Forward
       and backward at batch 256, against the transposed-convolution paths they replace (stop 25):
-      conv2 124 -> 75 ms, conv3 39 -> 23, conv4 54 -> 33, conv5 36 -> 20 (``benchmarks/conv_step.py``
-      for the whole step). ``"channels-last"`` for a one-channel input whose output pools in
+      conv2 124 -> 75 ms (over 11 points per axis; over 9 the whole step is 1.12x faster again),
+      conv3 39 -> 23, conv4 54 -> 33, conv5 36 -> 20 (``benchmarks/conv_step.py`` for the whole
+      step). ``"channels-last"`` for a one-channel input whose output pools in
       channels-last (:class:`MaxPool2d`; conv1): oneDNN's convolution writing that layout itself,
       which saves the pool's copy in and the gradient's copy back (conv1 and pool1, forward and
       backward, batch 256: 30.3 -> 24.3 ms).
@@ -517,7 +518,11 @@ class ConvReLU(nn.Module):
     outputs and gradients the same to float rounding.
     ``fast_paths = False`` (:func:`plain_convolutions`) gives the plain convolution everywhere.
     TorchScript always takes the plain convolution (what ``torch.jit.freeze`` fuses with the ReLU
-    for inference), and so does a pass without gradients.
+    for inference). A pass without gradients (validation, prediction) takes the fp32 paths too,
+    which do fewer multiply-adds forward as well: AlexNetSmall predicted 1.4x (batch 1000) and 1.9x
+    (batch 256) as fast as frozen TorchScript (:func:`fmnist.predict.inference_module`). In bf16
+    such a pass keeps oneDNN's convolutions, as before: the bf16 paths were measured in training
+    steps only, where they gain in the backward pass.
     """
 
     def __init__(self, in_channels: int, out_channels: int, **conv_kwargs):
@@ -560,9 +565,11 @@ class ConvReLU(nn.Module):
     def path(self, x: torch.Tensor) -> str:
         """How ``x`` (``(B, C, H, W)``) is convolved: ``"matmul"``, ``"row-gemm"``, a key of
         ``TRANSFORMS``, ``"channels-last"`` or ``"plain"``."""
-        if not (self.fast_paths and self.plain_geometry and x.device.type == "cpu" and torch.is_grad_enabled()):
+        if not (self.fast_paths and self.plain_geometry and x.device.type == "cpu"):
             return "plain"
         bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        if bf16 and not torch.is_grad_enabled():  # bf16's paths: measured, and chosen, for training
+            return "plain"
         side = max(x.shape[-2:])
         paths = ("matmul", "row-gemm") if bf16 else ("winograd", "fourier", "channels-last")
         if x.shape[-2] != x.shape[-1]:  # the transforms take square maps
@@ -607,11 +614,11 @@ def _one_channel_as_channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.as_strided(x.shape, (x.shape[2] * x.shape[3], 1, x.shape[3], 1))
 
 
-def paths_taken(module: nn.Module, input_size: int, autocast: Any = None) -> dict[str, str]:
+def paths_taken(module: nn.Module, input_size: int, autocast: Any = None, training: bool = True) -> dict[str, str]:
     """``{layer: path}`` for the :class:`ConvReLU` layers of ``module`` that take a fast path in a
-    training step on ``input_size`` px images under ``autocast`` (a context manager, such as
-    ``Compute.autocast()``; none: full precision), where ``module``'s parameters are (one forward
-    pass of 2 images)."""
+    training step (``training``; else in a prediction, without gradients) on ``input_size`` px
+    images under ``autocast`` (a context manager, such as ``Compute.autocast()``; none: full
+    precision), where ``module``'s parameters are (one forward pass of 2 images)."""
     used: dict[str, str] = {}
     layers = [(name, m) for name, m in module.named_modules() if isinstance(m, ConvReLU)]
     for name, m in layers:
@@ -621,16 +628,16 @@ def paths_taken(module: nn.Module, input_size: int, autocast: Any = None) -> dic
                 used[name] = path
             return path
         m.path = record  # an instance attribute shadows the method for this pass
-    training = module.training
+    was_training = module.training
     try:  # torch's random state is left as it was (the pass draws dropout masks)
-        with torch.random.fork_rng(devices=[]), torch.enable_grad(), autocast or contextlib.nullcontext():
-            module.train()(torch.rand(2, 1, input_size, input_size, device=next(module.parameters()).device))
+        with (torch.random.fork_rng(devices=[]), torch.set_grad_enabled(training),
+              autocast or contextlib.nullcontext()):
+            module.train(training)(torch.rand(2, 1, input_size, input_size, device=next(module.parameters()).device))
     finally:
-        module.train(training)
+        module.train(was_training)
         for _, m in layers:
             del m.path
     return used
-
 
 
 def plain_convolutions(module: nn.Module) -> nn.Module:

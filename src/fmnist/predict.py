@@ -18,7 +18,7 @@ from fmnist.batches import to_float
 from fmnist.compute import Compute
 from fmnist.data import resize_images
 from fmnist.files import save_torch
-from fmnist.model import AlexNetBase, ModelSpec
+from fmnist.model import AlexNetBase, ModelSpec, paths_taken
 
 
 def save_model(module: AlexNetBase, spec: ModelSpec, path: str | Path) -> None:
@@ -55,30 +55,36 @@ def as_images(values: np.ndarray) -> np.ndarray:
 _FAST: "weakref.WeakKeyDictionary[AlexNetBase, dict]" = weakref.WeakKeyDictionary()
 
 
-def inference_module(module: AlexNetBase, compute: Compute) -> torch.nn.Module:
-    """``module`` made fast for inference as ``compute`` says.
+def inference_module(module: AlexNetBase, compute: Compute, input_size: int) -> torch.nn.Module:
+    """``module`` made fast for inference on ``input_size`` px images as ``compute`` says.
 
-    On the CPU, fp32: frozen TorchScript (``optimize_for_inference`` fuses conv + ReLU and keeps
-    weights in oneDNN's layout: about 1.3x the eager speed at 67 px on 2 cores); bf16: a
-    channels-last copy, to be run under ``compute.autocast()`` (about 2x the frozen fp32 speed
-    where the CPU has AMX). benchmarks/train.py measures both. TorchScript is deprecated in
-    favour of ``torch.compile``, whose compile time would cost more than it saves for one test
-    set; any failure to freeze falls back to eager mode. Elsewhere: ``module`` itself.
+    On the CPU, fp32: ``module`` itself where a layer takes a fast path without gradients
+    (AlexNetSmall: the Winograd and Fourier transforms, :meth:`fmnist.model.ConvReLU.path`; 1.4x
+    frozen TorchScript's speed at batch 1000, 1.9x at 256), else frozen TorchScript
+    (``optimize_for_inference`` fuses conv + ReLU and keeps weights in oneDNN's layout: about 1.3x
+    the plain eager speed on 2 cores); bf16: a channels-last copy, to be run under
+    ``compute.autocast()`` (about 2x the frozen fp32 speed where the CPU has AMX).
+    benchmarks/train.py measures the choice. TorchScript is deprecated in favour of
+    ``torch.compile``, whose compile time would cost more than it saves for one test set; any
+    failure to freeze falls back to eager mode. Elsewhere: ``module`` itself.
     """
     if compute.device != "cpu" or module.training:
         return module
     cache = _FAST.setdefault(module, {})
-    if compute.precision not in cache:
+    key = (compute.precision, input_size)
+    if key not in cache:
         if compute.precision == "bf16":
-            cache[compute.precision] = compute.layout(copy.deepcopy(module))
+            cache[key] = compute.layout(copy.deepcopy(module))
+        elif paths_taken(module, input_size, training=False):
+            cache[key] = module
         else:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", FutureWarning)
-                    cache[compute.precision] = torch.jit.optimize_for_inference(torch.jit.script(module))
+                    cache[key] = torch.jit.optimize_for_inference(torch.jit.script(module))
             except Exception:  # an unscriptable module or a torch without TorchScript
-                cache[compute.precision] = module
-    return cache[compute.precision]
+                cache[key] = module
+    return cache[key]
 
 
 @torch.inference_mode()
@@ -89,7 +95,7 @@ def predict_proba(module: AlexNetBase, images: np.ndarray, input_size: int, comp
     ``compute`` says where and in which precision (bf16: autocast; the probabilities are computed
     in fp32 from the logits).
     """
-    fast = inference_module(module.to(compute.device).eval(), compute)
+    fast = inference_module(module.to(compute.device).eval(), compute, input_size)
     out = []
     for start in range(0, len(images), batch_size):
         block = images[start:start + batch_size]
