@@ -648,6 +648,7 @@ def plain_convolutions(module: nn.Module) -> nn.Module:
             m.fast_paths = False
     return module
 
+
 class MaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` that pools a small NCHW map on the CPU in channels-last memory and hands it
     back NCHW.
