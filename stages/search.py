@@ -23,7 +23,8 @@ from fmnist.plots import search_results
 from fmnist.search.rounds import best_trial, run_search
 from fmnist.search.schedule import plan_rounds
 from fmnist.search.trial import SearchData, TrackingTarget, TrialSetup
-from fmnist.tracking import Tracker, file_digest, lineage_tags
+from fmnist.repo import file_digest
+from fmnist.tracking import Tracker, lineage_tags
 
 
 def main() -> None:

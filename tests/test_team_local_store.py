@@ -25,9 +25,9 @@ def store(pipeline):
 
 
 def test_runs_carry_mlflow_source_tags(store):
-    from fmnist.tracking import git_state
+    from fmnist.repo import git_state
 
-    commit = git_state(store["repo"])["mlflow.source.git.commit"]
+    commit = git_state(store["repo"]).commit
     assert len(commit) == 40
     for stage in ("search", "train", "evaluate"):
         tags = store["runs"][stage][0].data.tags

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 
@@ -10,7 +11,8 @@ import pytest
 
 from helpers import env_for, free_port
 from fmnist.errors import TrackingError
-from fmnist.tracking import check_reachable, project_root, tracking_uri
+from fmnist.repo import file_digest, git_state, project_root
+from fmnist.tracking import check_reachable, source_tags, tracking_uri
 
 
 def test_project_root_sees_through_dvc_experiment_copies(tmp_path):
@@ -24,6 +26,44 @@ def test_project_root_sees_through_dvc_experiment_copies(tmp_path):
     assert project_root(exp) == root
     assert project_root(root / ".dvc") == root
     assert project_root(root) == root
+
+
+def test_git_state_and_the_source_tags_made_of_it(tmp_path):
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args], cwd=tmp_path,
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    assert git_state(tmp_path).commit == ""  # not a repository yet
+    assert source_tags(tmp_path)["mlflow.source.git.commit"] == "unknown"
+    git("init", "-q")
+    (tmp_path / "params.yaml").write_text("a: 1\n")
+    (tmp_path / "dvc.lock").write_text("x\n")
+    git("add", "params.yaml", "dvc.lock")
+    git("commit", "-q", "-m", "first")
+    git("remote", "add", "origin", "https://user:secret@git.example.org/fmnist.git")
+    state = git_state(tmp_path)
+    assert state.commit == git("rev-parse", "HEAD") and len(state.commit) == 40 and not state.dirty
+    assert state.remote == "https://user:secret@git.example.org/fmnist.git"
+    tags = source_tags(tmp_path)
+    assert tags["mlflow.source.git.commit"] == state.commit and tags["fmnist.git_dirty"] == "false"
+    assert "mlflow.source.git.repoURL" not in tags  # never a URL with credentials in it
+    (tmp_path / "dvc.lock").write_text("y\n")  # rewritten by every run: not dirty
+    assert not git_state(tmp_path).dirty
+    (tmp_path / "params.yaml").write_text("a: 2\n")
+    assert git_state(tmp_path).dirty and source_tags(tmp_path)["fmnist.git_dirty"] == "true"
+    git("remote", "set-url", "origin", "https://git.example.org/fmnist.git")
+    assert source_tags(tmp_path)["mlflow.source.git.repoURL"] == "https://git.example.org/fmnist.git"
+
+
+def test_file_digest_of_a_file_and_of_a_folder(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "b.npy").write_bytes(b"bb")
+    (tmp_path / "d" / "a.npy").write_bytes(b"a")
+    (tmp_path / "d" / "notes.txt").write_text("ignored by the pattern")
+    assert file_digest(tmp_path / "d" / "a.npy") == "0cc175b9c0f1b6a831c399e269772661"  # md5 of b"a"
+    names_and_bytes = "a.npy".encode() + b"a" + "b.npy".encode() + b"bb"
+    assert file_digest(tmp_path / "d", "*.npy") == hashlib.md5(names_and_bytes).hexdigest()
+    assert file_digest(tmp_path / "d") != file_digest(tmp_path / "d", "*.npy")
 
 
 def test_tracking_uri_defaults_to_sqlite_at_the_root(tmp_path, monkeypatch):

@@ -28,7 +28,7 @@ def fingerprint(*parts: object) -> str:
 def code_digests(*scripts: str | Path) -> list[str]:
     """MD5 of each ``fmnist`` module this process has imported, then of ``scripts``: the code a
     checkpoint was made by (the package's other files do not matter)."""
-    from fmnist.tracking import file_digest
+    from fmnist.repo import file_digest
 
     modules = [m.__file__ for name, m in sorted(sys.modules.items())
                if name.startswith("fmnist.") and getattr(m, "__file__", None)]

@@ -165,7 +165,7 @@ def _predictor(args) -> Predictor:
     from fmnist.compute import Compute
     from fmnist.data import CLASS_NAMES
     from fmnist.predict import load_model, predict_proba
-    from fmnist.tracking import project_root
+    from fmnist.repo import project_root
 
     model = Path(args.model) if args.model else project_root() / "models" / "model.pt"
     if not model.is_file():

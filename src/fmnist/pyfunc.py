@@ -127,7 +127,7 @@ def log_trained_model(run, module, spec, model_path: str | Path, best_checkpoint
     from torchinfo import summary
 
     from fmnist.data import resize_images
-    from fmnist.tracking import file_digest
+    from fmnist.repo import file_digest
 
     run.set_tags({"fmnist.output.model": file_digest(model_path), "fmnist.pipeline": run.id})
     for path in (model_path, *files):

@@ -11,12 +11,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import getpass
-import hashlib
 import json
 import logging
 import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -25,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from fmnist.errors import TrackingError
+from fmnist.repo import entry_script, file_digest, git_state, project_root
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +30,6 @@ STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 TAG = "fmnist"  # prefix of this project's tags
 CHAMPION = "champion"  # the registry alias of the best model so far, by test accuracy
-
-
-def project_root(start: str | Path | None = None) -> Path:
-    """The user's project root: the folder with ``dvc.yaml`` and ``.dvc/``, seen through DVC's
-    temporary experiment copies (``<root>/.dvc/tmp/exps/<dir>/...``)."""
-    here = Path(start or os.getcwd()).resolve()
-    for folder in (here, *here.parents):
-        if folder.name == "exps" and folder.parent.name == "tmp" and folder.parent.parent.name == ".dvc":
-            return folder.parent.parent.parent
-    for folder in (here, *here.parents):
-        if (folder / "dvc.yaml").is_file() and (folder / ".dvc").is_dir():
-            return folder
-    return here
 
 
 def tracking_uri(root: Path | None = None) -> str:
@@ -101,26 +86,17 @@ def _server_message(err: urllib.error.HTTPError) -> str:
     return (body.strip().splitlines() or ["no message"])[0][:300]
 
 
-def git_state(root: Path) -> dict[str, str]:
+def source_tags(root: Path) -> dict[str, str]:
     """MLflow's standard source tags (the UI's Source and Version columns) and our dirty flag."""
     from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_GIT_REPO_URL, MLFLOW_SOURCE_NAME
 
-    def git(*args: str) -> str:
-        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
-        return out.stdout.strip() if out.returncode == 0 else ""
-
-    tags = {MLFLOW_GIT_COMMIT: git("rev-parse", "HEAD") or "unknown"}
-    # dvc.lock and metrics are rewritten by the run itself; only code and params make it dirty.
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock", ":!metrics")
-    tags[f"{TAG}.git_dirty"] = str(bool(dirty)).lower()
-    remote = git("remote", "get-url", "origin")
-    if remote and "@" not in remote:  # never a URL with credentials in it
-        tags[MLFLOW_GIT_REPO_URL] = remote
-    script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
-    if script and script.is_file():
-        with contextlib.suppress(ValueError):
-            script = script.relative_to(root.resolve())
-        tags[MLFLOW_SOURCE_NAME] = script.as_posix()
+    git = git_state(root)
+    tags = {MLFLOW_GIT_COMMIT: git.commit or "unknown", f"{TAG}.git_dirty": str(git.dirty).lower()}
+    if git.remote and "@" not in git.remote:  # never a URL with credentials in it
+        tags[MLFLOW_GIT_REPO_URL] = git.remote
+    script = entry_script(root)
+    if script:
+        tags[MLFLOW_SOURCE_NAME] = script
     return tags
 
 
@@ -144,26 +120,13 @@ def write_run_id(path: str | Path, run_id: str) -> None:
     write_json(path, {"train_run_id": run_id})
 
 
-def file_digest(path: str | Path, pattern: str = "*") -> str:
-    """MD5 of a file, or of a folder's files matching ``pattern``, in name order."""
-    path = Path(path)
-    h = hashlib.md5()
-    files = sorted(p for p in path.rglob(pattern) if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        h.update(f.relative_to(path).as_posix().encode() if path.is_dir() else b"")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
 def lineage_tags(stage: str, inputs: dict[str, str | Path]) -> dict[str, str]:
     """Tags that say what made a run: stage, git commit and dirtiness, DVC experiment, data hashes."""
     from mlflow.entities import SourceType
     from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_TYPE, MLFLOW_USER
 
     root = Path.cwd()
-    tags = {f"{TAG}.stage": stage, **git_state(root), MLFLOW_USER: tracking_user(),
+    tags = {f"{TAG}.stage": stage, **source_tags(root), MLFLOW_USER: tracking_user(),
             MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.JOB)}
     for env, key in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
         if os.environ.get(env):
