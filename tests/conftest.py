@@ -1,8 +1,10 @@
 """Shared fixtures (the data, the tiny pipeline run once) and the rule that a skip is no pass in CI.
 
-Under ``CI=true`` (GitHub Actions sets it; so does whoever runs ``.ci/run`` as CI) a skipped test
-fails the run with its reason: a green CI means every test ran. Locally a skip stays a skip, and
-the summary says how to install what was missing. The helpers are in ``helpers.py``.
+Under ``CI=true`` (GitHub Actions sets it; ``.ci/run`` sets it itself) a green run means every
+test ran and passed as written: a skipped test, an xfail (a marker or a runtime ``pytest.xfail``),
+an unexpected pass of an xfail-marked test, and a test left out by ``-k``, ``-m``, ``--deselect``
+or ``--ignore`` each fail the run with the reason. Locally a skip stays a skip, and the summary says
+how to install what was missing. The helpers are in ``helpers.py``.
 """
 
 from __future__ import annotations
@@ -20,11 +22,17 @@ from helpers import (BIN, DEBIAN, INSTALL_HINT, ROOT, env_for, make_repo, projec
 
 CI = os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 SKIPS = pytest.StashKey[list]()
+LEFT_OUT = pytest.StashKey[list]()  # (what, how many) of the tests a run left out
 pytest_plugins = ["helpers_workflow"]  # the DVC workflow modules' shared repo
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[SKIPS] = []
+    config.stash[LEFT_OUT] = []
+    if CI:
+        ignored = [*(config.getoption("ignore") or []), *(config.getoption("ignore_glob") or [])]
+        if ignored:
+            config.stash[LEFT_OUT].append((f"--ignore {' '.join(map(str, ignored))}", None))
 
 
 def _reason(report) -> str:
@@ -53,12 +61,38 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError("tests that run dvc repro must be marked slow: " + ", ".join(unmarked))
 
 
+def _xfail(report) -> None:
+    """Under CI=true an xfail, or an xfail-marked test that passed, is a failure: the test says
+    the code is not as the suite claims, and a green CI would hide it."""
+    reason = report.wasxfail
+    del report.wasxfail  # else pytest's summary would still count it as xfailed / xpassed
+    if report.skipped:
+        report.longrepr = f"xfail under CI=true, which fails the run: {reason or 'no reason given'}"
+    else:
+        report.longrepr = (f"unexpected pass (XPASS) under CI=true, which fails the run: "
+                           f"{reason or 'no reason given'}; remove the xfail marker")
+    report.outcome = "failed"
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if report.skipped and not hasattr(report, "wasxfail"):
+    if hasattr(report, "wasxfail"):
+        if CI:
+            _xfail(report)
+    elif report.skipped:
         _skipped(item.config, report)
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    if CI and items:
+        items[0].config.stash[LEFT_OUT].append(("deselected (-k, -m, --deselect, --lf)", len(items)))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if session.config.stash.get(LEFT_OUT, None) and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -70,6 +104,11 @@ def pytest_make_collect_report(collector):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    left_out = config.stash[LEFT_OUT]
+    if left_out:
+        terminalreporter.section("tests left out fail the run under CI=true", red=True)
+        for what, n in left_out:
+            terminalreporter.line(f"{n} test(s) {what}" if n is not None else what)
     skips = config.stash[SKIPS]
     if not skips:
         return
