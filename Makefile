@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: pipeline test setup data-source plots-offline team-up team-down
+.PHONY: pipeline test setup data-source plots-offline team-up team-down docs
 
 pipeline: setup data-source
 	dvc repro
@@ -37,3 +37,7 @@ team-up: setup
 
 team-down:
 	$(BIN)/python scripts/team.py down
+
+# The documentation site (mkdocs.yml, docs/) on http://127.0.0.1:8000, rebuilt as pages change
+docs: setup
+	mkdocs serve --dev-addr 127.0.0.1:8000

@@ -9,9 +9,10 @@ gradients, im2col matrices). glibc's defaults suit neither image size this pipel
   the kernel and come back as fresh pages, faulted in and zeroed on first touch: about 22,000
   page faults per training step of AlexNetSmall, 86 MB of fresh memory. Serving every block of
   up to 32 MiB from the heap and never trimming it (``M_MMAP_THRESHOLD``, ``M_TRIM_THRESHOLD``)
-  leaves no page faults at all, and with ``fmnist.compute.seed_everything`` no longer filling new
-  tensors with NaN the train stage's step ran 1.19x as fast in bf16 and 1.14x in fp32 (measured
-  side by side in fresh processes, ``benchmarks/malloc.py``). The heap stays as large as its
+  leaves no page faults at all; together with ``fmnist.compute.seed_everything`` not filling new
+  tensors with NaN on a CPU, that makes the train stage's step 1.19x as fast in bf16 and 1.14x in
+  fp32 as glibc's defaults with the fill (measured side by side in fresh processes,
+  ``benchmarks/malloc.py``). The heap stays as large as its
   peak, which at 67 px is small (the stage peaks at 1.8 GB either way).
 * **Large images (227 px): keep large blocks in mmap.** There the heap, once the threshold has
   risen, fragments: resident memory then grows with the number of batches, not with the data
