@@ -169,6 +169,8 @@ def test_the_site_builds_strictly_and_offline(tmp_path):
     for page in site.rglob("*.html"):
         html = page.read_text()
         assert "fonts.googleapis.com" not in html and "fonts.gstatic.com" not in html, f"{page}: web fonts"
+        fetched = re.findall(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)=\"(?:https?:)?//[^\"]+", html)
+        assert not fetched, f"{page.name} loads from the network: {fetched[:3]}"
 
 
 def test_every_page_is_in_the_nav():
