@@ -200,7 +200,7 @@ def test_resize_on_bad_split_data_fails_in_one_line_and_keeps_its_previous_outpu
     assert len(before) == 6
     np.save(split / "test_labels.npy", np.array([1.0, 2.0, 3.0]))  # the last split is bad: the first two were fine
     failed = run_stage(tmp_path, "resize.py", "--src", "data/split", "--out", "data/resized")
-    assert failed.returncode == 2
+    assert failed.returncode == 1  # bad data is a failure of the work; bad params would be 2
     assert failed.stderr.strip().splitlines()[-1] == (
         "error: data/split/test_labels.npy: label type check failed (float64, expected integers)")
     assert "Traceback" not in failed.stderr

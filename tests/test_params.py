@@ -18,8 +18,8 @@ from sklearn.model_selection import ParameterGrid
 from conftest import ROOT
 from fmnist.errors import ParamsError
 from fmnist.model import min_input_size
-from fmnist.params import (MIN_INPUT_SIZE, SCHEMA_FILE, GridParams, HyperParams, json_schema, load_params,
-                           parse_params, schema_text, to_dict)
+from fmnist.params import MIN_INPUT_SIZE, GridParams, HyperParams, load_params, parse_params, to_dict
+from fmnist.params_schema import SCHEMA_FILE, json_schema, schema_text
 from fmnist.profiles import load_profile, merge
 
 
@@ -189,8 +189,8 @@ def test_cli_checks_a_file_and_exits_nonzero(tmp_path, raw):
     raw["train"]["lr"] = -0.5
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
-    proc = subprocess.run([sys.executable, "-m", "fmnist.params", str(path)], capture_output=True, text=True)
-    assert proc.returncode != 0
+    proc = subprocess.run([sys.executable, "-m", "fmnist.params_cli", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2
     assert proc.stderr == "error: params.yaml: train.lr=-0.5 is not allowed; allowed: a number > 0 and <= 1.0\n"
 
 
@@ -267,7 +267,7 @@ def test_the_notebook_profile_is_named_after_the_notebook(raw):
 def test_schema_file_is_current():
     path = ROOT / SCHEMA_FILE
     assert path.read_text() == schema_text(), (f"{SCHEMA_FILE} is stale; regenerate it: "
-                                               f"python -m fmnist.params --schema > {SCHEMA_FILE}")
+                                               f"fmnist-params --schema > {SCHEMA_FILE}")
 
 
 def test_params_yaml_names_the_schema():

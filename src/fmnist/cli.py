@@ -11,8 +11,10 @@ become the dark background; an animated PNG is read by its first frame). Each is
 Fashion-MNIST image first: grey, a light item on a dark background (an image with a light border,
 such as a product photo on white, is inverted; see --invert), padded to a square and resized to
 28x28. Folders are read and predicted in chunks, so thousands of files take little memory. An
-image that cannot be read is reported in one line on stderr; the others are still predicted, and
-the exit status is 2.
+image that cannot be read is reported in one line on stderr; the others are still predicted.
+
+Exit status (the rule of :mod:`fmnist.errors`): 0 every image predicted; 1 the model cannot be
+found or loaded; 2 an image that cannot be read, no images, or a wrong command line.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from fmnist.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 SIDE = 28  # Fashion-MNIST's images
@@ -132,7 +136,7 @@ def predict_main(argv: list[str] | None = None) -> int:
     files = collect(args.images)
     if not files:
         print("error: no PNG or JPEG images found in " + ", ".join(args.images), file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     predict, failed = None, 0
     for start in range(0, len(files), CHUNK):
         images, readable = [], []
@@ -149,10 +153,10 @@ def predict_main(argv: list[str] | None = None) -> int:
             predict = predict or _predictor(args)  # loaded once, when the first image is readable
         except PredictError as err:
             print(f"error: {err}", file=sys.stderr)
-            return 2
+            return EXIT_FAILED
         for path, (name, prob) in zip(readable, predict(np.stack(images))):
             print(f"{path}\t{name}\t{prob:.4f}")
-    return 2 if failed else 0
+    return EXIT_USAGE if failed else EXIT_OK
 
 
 Predictor = Callable[[np.ndarray], "list[tuple[str, float]]"]

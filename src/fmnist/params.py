@@ -6,45 +6,31 @@ span sections. Every problem stops the caller with a :class:`ParamsError` whose 
 naming the key and what is allowed, before any stage does any work. :class:`HyperParams` is the one
 description of the hyper-parameters that search tries and train uses.
 
-The JSON Schema that editors use to complete and check ``params.yaml`` is generated from these
-models and checked in (a test keeps it current)::
-
-    python -m fmnist.params --schema > params.schema.json
+The one-line wording lives in :mod:`fmnist.params_errors`, the JSON Schema that editors use to
+complete and check ``params.yaml`` in :mod:`fmnist.params_schema`, and the command that checks a
+params file (``fmnist-params``) in :mod:`fmnist.params_cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
-import json
-import math
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import annotated_types
 import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from pydantic_core import PydanticCustomError
 
 from fmnist.errors import ParamsError
+from fmnist.params_errors import Allowed, describe, one_line, show
 
 # The trunk's three 3x3/2 max-pools need at least 67 px (``fmnist.model.min_input_size``, checked
 # by a test); kept here so that loading params does not import the model code.
 MIN_INPUT_SIZE = 67
 FMNIST_TRAIN_IMAGES = 60_000  # the training set that split divides into train and validation
-
-SCHEMA_FILE = "params.schema.json"
-
-
-class Allowed:
-    """The "allowed: ..." text of a field whose type and bounds do not say it on their own."""
-
-    def __init__(self, text: str):
-        self.text = text
 
 
 # The hyper-parameters, shared by the grid, the train section and HyperParams.
@@ -132,11 +118,11 @@ class HyperParams:
         """Checked hyper-parameters from a mapping such as ``best_params.json``'s; keys other than
         the hyper-parameters' (``valid_acc``...) are ignored. Errors name ``source`` and the key."""
         if not isinstance(data, Mapping):
-            raise ParamsError(f"{source}: must be {_describe(cls, [])}, got {_show(data)}")
+            raise ParamsError(f"{source}: must be {describe(cls, [])}, got {show(data)}")
         try:
             return _HYPER_PARAMS.validate_python({k: data[k] for k in cls.names() if k in data})
         except pydantic.ValidationError as err:
-            raise _one_line(err, cls, source) from None
+            raise one_line(err, cls, source) from None
 
     def label(self) -> str:
         """The trial's text in progress lines and plots: ``lr=0.001 batch_size=256 dropout=0.5``."""
@@ -278,153 +264,12 @@ class Params(Section):
         return self
 
 
-# -- one-line errors --------------------------------------------------------------------------------
-
-def _fields(cls: type) -> dict[str, Any]:
-    if isinstance(cls, type) and issubclass(cls, BaseModel):
-        return cls.model_fields
-    return getattr(cls, "__pydantic_fields__", {})
-
-
-def _is_model(tp: Any) -> bool:
-    return bool(_fields(tp)) if isinstance(tp, type) else False
-
-
-def _split(tp: Any) -> tuple[Any, list]:
-    """``Annotated[T, *meta]`` -> ``(T, meta)``, also through pydantic ``Field`` metadata."""
-    meta: list = []
-    while typing.get_origin(tp) is Annotated:
-        meta += list(tp.__metadata__)
-        tp = tp.__origin__
-    flat = []
-    for m in meta:
-        flat += m.metadata if isinstance(m, pydantic.fields.FieldInfo) else [m]
-    return tp, flat
-
-
-def _bounds(meta: list) -> str:
-    parts = []
-    for m in meta:
-        if isinstance(m, annotated_types.Gt):
-            parts.append(f"> {m.gt}")
-        elif isinstance(m, annotated_types.Ge):
-            parts.append(f">= {m.ge}")
-    for m in meta:
-        if isinstance(m, annotated_types.Lt):
-            parts.append(f"< {m.lt}")
-        elif isinstance(m, annotated_types.Le):
-            parts.append(f"<= {m.le}")
-    return " and ".join(parts)
-
-
-_NAMES = {bool: ("true or false", "booleans"), int: ("an integer", "integers"), float: ("a number", "numbers"),
-          str: ("a string", "strings")}
-
-
-def _describe(tp: Any, meta: list, plural: bool = False) -> str:
-    """What a value of this type and metadata may be: ``a number > 0 and <= 1.0``."""
-    tp, more = _split(tp)
-    meta = meta + more
-    for m in meta:
-        if isinstance(m, Allowed):
-            return m.text
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin is tuple:
-        inner, inner_meta = _split(typing.get_args(tp)[0])
-        return "a non-empty list of " + _describe(inner, inner_meta, plural=True)
-    if _is_model(tp):
-        return "a mapping with keys " + ", ".join(_fields(tp))
-    text = _NAMES[tp][plural]
-    if tp is str and any(isinstance(m, annotated_types.MinLen) and m.min_length > 0 for m in meta):
-        return "non-empty strings" if plural else "a non-empty string"
-    bounds = _bounds(meta)
-    return f"{text} {bounds}" if bounds else text
-
-
-def _show(value: Any) -> str:
-    """A value as the user wrote it: YAML's null/true/.inf, Python's repr otherwise ('256', [1, 2])."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and not math.isfinite(value):
-        return ".nan" if math.isnan(value) else ("-.inf" if value < 0 else ".inf")
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_show(v) for v in value) + "]"
-    return repr(value)
-
-
-def _walk(root: type, loc: tuple) -> tuple[list, Any, Any, Any]:
-    """Follow ``loc`` from ``root``: (sort rank, the model holding the last key, that key's field
-    info or None, the type at ``loc``)."""
-    rank: list = []
-    tp: Any = root
-    owner, info = None, None
-    for part in loc:
-        if not _is_model(tp):  # a list: part is an index
-            rank.append(part if isinstance(part, int) else 0)
-            tp = typing.get_args(tp)[0] if typing.get_origin(tp) is tuple else None
-            tp = _split(tp)[0]
-            continue
-        fields = _fields(tp)
-        owner, info = tp, fields.get(part) if isinstance(part, str) else None
-        # Unknown keys first, as a reader fixes a typo before anything else; then fields in order.
-        rank.append(list(fields).index(part) if info is not None else -1)
-        tp = _split(info.annotation)[0] if info is not None else None
-    return rank, owner, info, tp
-
-
-UNKNOWN = ("extra_forbidden", "invalid_key")  # a key not in the model, or one that is not even a string
-
-
-def _one_line(err: pydantic.ValidationError, root: type, source: str) -> ParamsError:
-    """The first of pydantic's errors, in the file's order, as the one line the tests pin."""
-    errors = sorted(err.errors(), key=lambda e: _walk(root, e["loc"])[0])
-    e = errors[0]
-    loc = e["loc"]
-    kind = e["type"]
-    # An unknown key may be anything YAML reads as a key (1, true): it is a name here, not an index.
-    key = _key(loc[:-1]) + ("." if len(loc) > 1 else "") + str(loc[-1]) if kind in UNKNOWN else _key(loc)
-    _, _, info, here = _walk(root, loc)
-    if kind == "params_check":
-        return ParamsError(e["ctx"]["message"])
-    if kind in UNKNOWN:
-        what = "section" if len(loc) == 1 and root is Params else "key"
-        holder = _walk(root, loc[:-1])[3]
-        return ParamsError(f"{source}: unknown {what} {key!r}; allowed: {', '.join(_fields(holder))}")
-    if kind == "missing":
-        return ParamsError(f"{source}: missing key {key!r}; expected {_describe(info.annotation, info.metadata)}")
-    if kind in ("model_type", "model_attributes_type", "dataclass_type"):
-        where = key or "the top level"
-        return ParamsError(f"{source}: {where} must be {_describe(here, [])}, got {_show(e['input'])}")
-    if info is None:  # not a shape this file has: pydantic's own words, still one line
-        return ParamsError(f"{source}: {key or 'the top level'}: {e['msg']}")
-    if kind == "params_allowed":
-        allowed = e["ctx"]["allowed"]
-    elif isinstance(loc[-1], int):  # an element of a list
-        allowed = _describe(typing.get_args(_split(info.annotation)[0])[0], [])
-    else:
-        allowed = _describe(info.annotation, info.metadata)
-    return ParamsError(f"{source}: {key}={_show(e['input'])} is not allowed; allowed: {allowed}")
-
-
-def _key(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-# -- loading ----------------------------------------------------------------------------------------
-
 def parse_params(raw: Any) -> Params:
     """Validate an already-parsed params mapping."""
     try:
         return Params.model_validate(raw)
     except pydantic.ValidationError as err:
-        raise _one_line(err, Params, "params.yaml") from None
+        raise one_line(err, Params, "params.yaml", top="section") from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -434,6 +279,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found; run the stage from the project root") from None
+    except OSError as err:
+        raise ParamsError(f"{path}: cannot read ({err.strerror})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -464,32 +311,3 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
-
-
-def json_schema() -> dict:
-    """The JSON Schema of ``params.yaml`` (what ``params.schema.json`` holds)."""
-    schema = Params.model_json_schema()
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
-
-
-def schema_text() -> str:
-    return json.dumps(json_schema(), indent=2) + "\n"
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description="Check a params file, or print the JSON Schema of params.yaml.")
-    p.add_argument("params", nargs="?", default="params.yaml", help="the params file to check")
-    p.add_argument("--schema", action="store_true", help=f"print the JSON Schema (what {SCHEMA_FILE} holds)")
-    args = p.parse_args()
-    if args.schema:
-        print(schema_text(), end="")
-        return
-    try:
-        load_params(args.params)
-    except ParamsError as err:
-        raise SystemExit(f"error: {err}") from None
-    print(f"{args.params}: ok")
-
-
-if __name__ == "__main__":
-    main()

@@ -8,14 +8,15 @@ import os
 import sys
 from typing import Callable
 
-from fmnist.errors import EXPECTED, StageError
+from fmnist.errors import EXPECTED, StageError, exit_status
 
 __all__ = ["StageError", "parser", "quiet_progress_bar_in_logs", "run"]
 
 
 def parser(doc: str | None, **paths: str) -> argparse.ArgumentParser:
     """An argument parser with one ``--name PATH`` option per path (paths come from dvc.yaml)."""
-    p = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0],
+                                epilog="Exit status: 0 ok, 1 the work failed, 2 bad params or usage.")
     for name, default in paths.items():
         p.add_argument(f"--{name.replace('_', '-')}", default=default, metavar="PATH")
     p.add_argument("--params", default="params.yaml", metavar="PATH")
@@ -29,7 +30,8 @@ def quiet_progress_bar_in_logs() -> None:
 
 
 def run(main: Callable[[], None]) -> None:
-    """Run a stage's ``main``; expected failures become one ``error:`` line and exit status 2."""
+    """Run a stage's ``main``; expected failures become one ``error:`` line and the exit status
+    of :mod:`fmnist.errors` (2 for bad params, 1 for a failure of the work)."""
     sys.stdout.reconfigure(line_buffering=True)  # progress lines show up as they happen in logs
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "git"):
@@ -38,4 +40,4 @@ def run(main: Callable[[], None]) -> None:
         main()
     except EXPECTED as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(exit_status(err))
