@@ -33,7 +33,6 @@ README_LIMIT = 12 * 1024
 # Places a run or a tool makes that neither git nor dvc.yaml holds: the local MLflow store, DVC's
 # own folders and the team stack's state, the offline plots page (scripts/install-plots-js.py).
 RUNTIME = ("mlflow.db", "mlartifacts", ".dvc", ".team", "dvc_plots", "plot-templates/offline.html", "site")
-# Commands whose flags belong to other projects: not checked here.
 FENCE = re.compile(r"^(```|~~~)[^\n]*\n(.*?)^\1", re.MULTILINE | re.DOTALL)
 SPAN = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
 
@@ -237,9 +236,6 @@ def test_the_readmes_results_are_the_committed_metrics():
 
 
 # -- names in code ----------------------------------------------------------------------------------
-
-PATH_TOKEN = re.compile(r"(?<![\w./:$<-])((?:\.ci|\.github|[A-Za-z][\w-]*)(?:/[\w.{},*-]+)*/?(?:[\w-]+\.\w+)?)")
-
 
 def named_paths() -> list[tuple[Path, str]]:
     """Paths the docs name in code: tokens whose first component is a top-level name of the tree
