@@ -23,7 +23,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-# `dvc plots show` without internet: vega from the npm registry, inlined (see README)
+# `dvc plots show` without internet: vega from the npm registry, inlined (docs/experiments.md)
 plots-offline: setup
 	python scripts/install-plots-js.py
 
@@ -31,7 +31,7 @@ plots-offline: setup
 data-source:
 	@bash scripts/ensure-data-source.sh
 
-# The team stack on 127.0.0.1: PostgreSQL, SeaweedFS S3, MLflow with accounts (README "Working as a team")
+# The team stack on 127.0.0.1: PostgreSQL, SeaweedFS S3, MLflow with accounts (docs/team.md)
 team-up: setup
 	python scripts/team.py up
 
