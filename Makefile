@@ -33,10 +33,10 @@ data-source:
 
 # The team stack on 127.0.0.1: PostgreSQL, SeaweedFS S3, MLflow with accounts (docs/team.md)
 team-up: setup
-	python scripts/team.py up
+	python -m fmnist.team up
 
 team-down:
-	$(BIN)/python scripts/team.py down
+	$(BIN)/python -m fmnist.team down
 
 # The documentation site (mkdocs.yml, docs/) on http://127.0.0.1:8000, rebuilt as pages change
 docs: setup

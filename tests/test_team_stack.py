@@ -1,12 +1,14 @@
-"""The team path on real servers, started by ``scripts/team.py`` on free ports of 127.0.0.1:
+"""The team path on real servers, started by ``python -m fmnist.team`` on free ports of 127.0.0.1:
 PostgreSQL behind an MLflow server with accounts, SeaweedFS as the S3 store of MLflow's artifacts
 and of the DVC remote ``team``. Nothing is mocked.
 
 Two clones of one bare git remote, alice's (A) and bob's (B), each with its own MLflow account:
 A runs and pushes an experiment, B pulls it and gets the same bytes, sees A's runs through the
 REST API and loads A's model from the registry. Then accounts, faults (the MLflow server killed
-mid-training, PostgreSQL stopped, SeaweedFS stopped) and four queued experiments logging at once.
-One stack and one pair of clones serve the whole module; fixtures build on each other.
+mid-training, PostgreSQL stopped, SeaweedFS stopped), four queued experiments logging at once,
+every server SIGKILLed and brought back by ``up``, and ``make team-down`` ending a suspended server
+and one that does not act on SIGTERM. One stack and one pair of clones serve the whole module;
+fixtures build on each other.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import hashlib
 import json
 import os
 import random
+import re
+import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -32,8 +37,9 @@ from conftest import ROOT, env_for, make_repo, ran_stages, sh, start_queue
 
 pytestmark = pytest.mark.slow
 
-sys.path.insert(0, str(ROOT / "scripts"))
-import team  # noqa: E402  (scripts/ is not a package; the tests start the stack as users do)
+from fmnist.team import mlflow_server, postgres, seaweedfs
+from fmnist.team.process import end, marked
+from fmnist.team.stack import DVC_BUCKET, MLFLOW_BUCKET, Stack as TeamStack, TeamError
 
 EXPERIMENT = "fashion-mnist-alexnet"
 MODEL = "fashion-mnist-alexnet"
@@ -63,15 +69,15 @@ def free_ports(count: int) -> int:
 
 def require_postgres() -> None:
     try:
-        team.find_pg_bin("initdb")
-    except team.TeamError as err:
+        postgres.find_pg_bin("initdb")
+    except TeamError as err:
         if os.environ.get("CI") == "true":  # CI installs it (scripts/install-system-deps.sh): missing is a failure
             pytest.fail(str(err))
         pytest.skip(str(err))
 
 
 class Stack:
-    """The stack of one test module, run through ``scripts/team.py`` as users do: its home,
+    """The stack of one test module, run through ``python -m fmnist.team`` as users do: its home,
     free ports, and ways to stop one part (the faults) and to act as a user."""
 
     def __init__(self, home: Path):
@@ -85,15 +91,15 @@ class Stack:
         self.s3_port = self.env["TEAM_S3_PORT"]
 
     def script(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run([sys.executable, str(ROOT / "scripts/team.py"), *args], capture_output=True,
-                                text=True, env=self.run_env, timeout=300)
+        result = subprocess.run([sys.executable, "-m", "fmnist.team", *args], capture_output=True,
+                                text=True, env=self.run_env, timeout=300, cwd=ROOT)
         if check and result.returncode != 0:
-            raise AssertionError(f"team.py {' '.join(args)} failed: {result.stdout}{result.stderr}")
+            raise AssertionError(f"fmnist.team {' '.join(args)} failed: {result.stdout}{result.stderr}")
         return result
 
     @property
     def secrets(self) -> dict[str, str]:
-        return team.Stack(self.home).secrets  # the generated ones: no TEAM_* secret is set here
+        return TeamStack(self.home).secrets  # the generated ones: no TEAM_* secret is set here
 
     def s3(self, secret: str | None = None):
         import boto3
@@ -104,9 +110,9 @@ class Stack:
 
     def stop(self, name: str) -> None:
         """Stop one part as a crash or an operator would, behind the back of the others."""
-        stack = team.Stack(self.home)
-        stopped = team.pg_down(stack) if name == "postgres" else team.stop_group(stack, name)
-        assert stopped, f"{name} was not running"
+        module = {"postgres": postgres, "mlflow": mlflow_server, "seaweedfs": seaweedfs}[name]
+        lines, gone = end([module.service(TeamStack(self.home))])
+        assert lines and "stopped in" in lines[0] and gone, f"{name}: {lines}"
 
     def user_env(self, repo: Path, user: str, password: str) -> dict[str, str]:
         return env_for(repo) | {"MLFLOW_TRACKING_URI": self.url, "MLFLOW_TRACKING_USERNAME": user,
@@ -114,15 +120,18 @@ class Stack:
 
 
 def stack_processes(home: Path) -> list[str]:
-    """Processes whose command line names the stack's home: what ``down`` must leave none of."""
+    """Processes whose command line names the stack's home or that run in a folder under it (the
+    postgres children name neither their cluster nor its folder on their command line): what
+    ``down`` must leave none of."""
     found = []
     for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
             try:
                 cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                cwd = os.readlink(proc / "cwd")
             except OSError:
                 continue
-            if str(home) in cmd and "pytest" not in cmd:
+            if (str(home) in cmd or cwd.startswith(str(home))) and "pytest" not in cmd:
                 found.append(f"{proc.name}: {cmd[:200]}")
     return found
 
@@ -144,7 +153,7 @@ def stack(data_source):
         s.script("down", check=False)
         left = stack_processes(s.home)
         shutil.rmtree(home, ignore_errors=True)
-        assert not left, f"team.py down left processes behind: {left}"
+        assert not left, f"fmnist.team down left processes behind: {left}"
 
 
 @pytest.fixture(scope="module")
@@ -258,9 +267,40 @@ def test_s3_refuses_a_wrong_secret(stack):
     from botocore.exceptions import ClientError
 
     with pytest.raises(ClientError, match="SignatureDoesNotMatch"):
-        stack.s3(secret="wrong-" + stack.secrets["s3_secret_key"]).list_objects_v2(Bucket=team.DVC_BUCKET)
-    stack.s3().list_objects_v2(Bucket=team.DVC_BUCKET)  # the right one is let in
+        stack.s3(secret="wrong-" + stack.secrets["s3_secret_key"]).list_objects_v2(Bucket=DVC_BUCKET)
+    stack.s3().list_objects_v2(Bucket=DVC_BUCKET)  # the right one is let in
 
+
+
+def optuna_database(url: str) -> tuple[str, str, str]:
+    """(database, user, the database's owner) as SQLAlchemy sees them through ``url``."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(text("SELECT current_database(), current_user, pg_get_userbyid(datdba) "
+                                    "FROM pg_database WHERE datname = current_database()")).one()
+    finally:
+        engine.dispose()
+    return tuple(row)
+
+
+def test_optuna_has_its_own_database_and_env_exports_its_url(stack):
+    import psycopg
+
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in stack.script("env").stdout.splitlines())
+    url = shlex.split(exports["FMNIST_OPTUNA_STORAGE"])[0]
+    port, password = stack.env["TEAM_PG_PORT"], stack.secrets["pg_password"]
+    assert url == f"postgresql+psycopg://mlflow:{password}@127.0.0.1:{port}/optuna"
+    assert optuna_database(url) == ("optuna", "mlflow", "mlflow")
+    # a stack made before Optuna had a database gets it from the next `up`
+    with psycopg.connect(host="127.0.0.1", port=int(port), user="mlflow", password=password, dbname="postgres",
+                         autocommit=True) as conn:
+        conn.execute("DROP DATABASE optuna")
+    again = stack.script("up").stdout
+    assert f"PostgreSQL already running on 127.0.0.1:{port} (created optuna)" in again, again
+    assert optuna_database(url) == ("optuna", "mlflow", "mlflow")
 
 # --- two teammates --------------------------------------------------------------------------------
 
@@ -375,13 +415,13 @@ def test_teammate_loads_the_champion_from_s3_and_it_imports_only_its_requirement
 
     # the model's files sit in SeaweedFS, in the MLflow bucket, as code: nothing to unpickle
     s3 = stack.s3()
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=team.MLFLOW_BUCKET, MaxKeys=10000).get("Contents", [])]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=MLFLOW_BUCKET, MaxKeys=10000).get("Contents", [])]
     model_keys = [k for k in keys if k.endswith("/MLmodel")]
     assert model_keys and any(k.endswith("/model.pt") for k in keys)
     assert not any(k.endswith("python_model.pkl") for k in keys)
 
     def read(key: str) -> str:
-        return s3.get_object(Bucket=team.MLFLOW_BUCKET, Key=key)["Body"].read().decode()
+        return s3.get_object(Bucket=MLFLOW_BUCKET, Key=key)["Body"].read().decode()
 
     mlmodel = yaml.safe_load(read(model_keys[0]))
     assert mlmodel["flavors"]["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"
@@ -542,3 +582,92 @@ def test_grant_edit_lets_a_teammate_log_into_the_experiment(stack, accounts, rou
     logged = api(stack, "bob", accounts["bob"], "POST", "runs/log-metric",
                  json={"run_id": run_id, "key": "x", "value": 1.0, "timestamp": 0, "step": 0})
     assert logged.status_code == 200, logged.text
+
+
+# --- crashes, and ending the stack (last: they take it down) ----------------------------------------
+
+def test_up_brings_the_stack_back_after_every_server_is_sigkilled(stack, accounts):
+    import psycopg
+
+    home, password = stack.home, stack.secrets["pg_password"]
+    stack.s3().put_object(Bucket=DVC_BUCKET, Key="probe/sigkill", Body=b"still here")
+    with psycopg.connect(host="127.0.0.1", port=int(stack.env["TEAM_PG_PORT"]), user="mlflow", password=password,
+                         dbname="optuna", autocommit=True) as conn:
+        conn.execute("CREATE TABLE probe (value text)")
+        conn.execute("INSERT INTO probe VALUES ('still here')")
+    experiment = api(stack, "alice", accounts["alice"], "POST", "experiments/create",
+                     json={"name": "probe-sigkill"}).json()["experiment_id"]
+    pid_file = home / "pg/data/postmaster.pid"
+    os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+    os.kill(int((home / "run/seaweedfs.pid").read_text()), signal.SIGKILL)
+    # the whole server: the mlflow process alone would leave uvicorn serving on without it
+    os.killpg(int((home / "run/mlflow.pid").read_text()), signal.SIGKILL)
+    bystander = subprocess.Popen(["sleep", "600"])
+    try:
+        # the dead postmaster's pid now names a live program, as when the system reuses it
+        lines = pid_file.read_text().splitlines()
+        pid_file.write_text("\n".join([str(bystander.pid), *lines[1:]]) + "\n")
+        assert stack.script("status", check=False).returncode == 1
+        up = stack.script("up").stdout
+        assert "already running" not in up, up
+        assert stack.script("status").returncode == 0
+        assert bystander.poll() is None, "up ended a process that is not the stack's"
+    finally:
+        bystander.kill()
+        bystander.wait()
+    assert stack.s3().get_object(Bucket=DVC_BUCKET, Key="probe/sigkill")["Body"].read() == b"still here"
+    with psycopg.connect(host="127.0.0.1", port=int(stack.env["TEAM_PG_PORT"]), user="mlflow", password=password,
+                         dbname="optuna", autocommit=True) as conn:
+        assert conn.execute("SELECT value FROM probe").fetchall() == [("still here",)]
+        conn.execute("DROP TABLE probe")
+    # runs and accounts came through PostgreSQL's crash recovery
+    got = api(stack, "alice", accounts["alice"], "GET", "experiments/get", params={"experiment_id": experiment})
+    assert got.json()["experiment"]["name"] == "probe-sigkill", got.text
+
+
+TRACER = r"""
+import ctypes, os, sys
+
+ptrace = ctypes.CDLL(None, use_errno=True).ptrace
+pid, held = int(sys.argv[1]), set()
+while True:  # every thread (Go runs signal handlers on any): PTRACE_ATTACH stops each
+    tids = {int(t) for t in os.listdir(f"/proc/{pid}/task")} - held
+    if not tids:
+        break
+    for tid in tids:
+        if ptrace(16, tid, None, None) != 0:
+            sys.exit(f"ptrace attach to {tid} failed: errno {ctypes.get_errno()}")
+        held.add(tid)
+print("attached", flush=True)
+while held:  # a debugger that never lets it go on: each signal but SIGKILL waits for this tracer
+    tid, status = os.waitpid(-1, 0x40000000)  # __WALL: the threads are not our children
+    if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+        held.discard(tid)
+"""
+
+
+def test_team_down_ends_a_suspended_server_and_kills_one_that_does_not_act_on_sigterm(stack):
+    team = TeamStack(stack.home)
+    for proc in marked(team, "mlflow"):  # the mlflow process, uvicorn and its workers
+        os.kill(proc.pid, signal.SIGSTOP)
+    weed = marked(team, "seaweedfs")
+    assert len(weed) == 1
+    tracer = subprocess.Popen([sys.executable, "-c", TRACER, str(weed[0].pid)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert tracer.stdout.readline().strip() == "attached"
+        start = time.monotonic()
+        down = subprocess.run(["make", "--no-print-directory", "team-down"], cwd=ROOT, env=stack.run_env,
+                              capture_output=True, text=True, timeout=120)
+        took = time.monotonic() - start
+    finally:
+        tracer.kill()
+        tracer.wait()
+    lines = down.stdout.strip().splitlines()[-3:]
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert re.fullmatch(r"MLflow: was suspended \(SIGSTOP\), resumed with SIGCONT; stopped in [\d.]+ s",
+                        lines[0]), lines
+    assert re.fullmatch(r"SeaweedFS: was held by a tracer; killed after 1\d s \(still running 10 s after SIGTERM\)",
+                        lines[1]), lines
+    assert re.fullmatch(r"PostgreSQL: stopped in [\d.]+ s", lines[2]), lines
+    assert took < 30, f"make team-down took {took:.0f} s"
+    assert not stack_processes(stack.home)
