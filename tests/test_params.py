@@ -65,6 +65,17 @@ def test_bad_params_name_the_key(raw, edit, key, allowed):
     assert allowed in message
 
 
+def test_model_conv_chooses_how_the_convolutions_compute(raw):
+    assert parse_params(raw).model.conv == "auto"
+    raw["model"]["conv"] = "pytorch"
+    assert parse_params(raw).model.conv == "pytorch"
+    del raw["model"]["conv"]
+    assert parse_params(raw).model.conv == "auto"  # a params file from before the key
+    assert bad_line(raw, lambda p: p["model"].update(conv="fast")) == (
+        "params.yaml: model.conv='fast' is not allowed; allowed: one of 'auto', 'pytorch'")
+    assert "model.conv=true is not allowed" in bad_line(raw, lambda p: p["model"].update(conv=True))
+
+
 def test_bad_yaml_is_one_line(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("train: [1, 2\n")

@@ -91,6 +91,12 @@ class ModelParams(Section):
         description='Compute precision of search, train and every prediction: "bf16" (mixed precision, '
                     'fp32 weights), "fp32", or "auto": bf16 where the CPU (AMX, AVX512-BF16) or GPU does '
                     "it natively.")
+    # auto = the planned fast convolution implementations (fmnist.conv); pytorch = every layer on
+    # F.conv2d / nn.MaxPool2d, to rule the fast paths out.
+    conv: Literal["auto", "pytorch"] = Field(
+        "auto", description='How convolutions and max-pools are computed: "auto", by the implementation '
+                            "the rules table of fmnist.conv plans for each layer; \"pytorch\", every layer by "
+                            "F.conv2d and nn.MaxPool2d. Both compute the same model.")
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(allow_inf_nan=False))
