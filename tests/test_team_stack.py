@@ -263,6 +263,16 @@ def test_a_taken_port_is_one_clear_line(stack, tmp_path):
                      f"127.0.0.1; stop it or set TEAM_PG_PORT to a free port"], result.stderr
 
 
+def test_bad_input_is_one_line_and_exit_status_2(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEAM_")}
+    for args, extra, message in (
+            (["status"], {"TEAM_PG_PORT": "54x"}, "error: TEAM_PG_PORT='54x' is not a port number"),
+            (["down", "--grace", "-1"], {}, "argument --grace: '-1' is not a number of seconds >= 0")):
+        result = subprocess.run([sys.executable, "-m", "fmnist.team", *args], capture_output=True, text=True,
+                                env=env | {"TEAM_HOME": str(tmp_path / "team")} | extra, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines()[-1].endswith(message), result.stderr
+
 def test_s3_refuses_a_wrong_secret(stack):
     from botocore.exceptions import ClientError
 
