@@ -1,8 +1,8 @@
 """One exit-status rule for every command (src/fmnist/errors.py): 0 ok, 1 the work failed, 2 bad
 input or usage. Each command is run as a user runs it, as a process, once for each status it uses.
 
-``scripts/team.py`` follows the same rule; its codes are checked with the team stack
-(tests/test_team_stack.py), which it needs to get past its usage checks.
+``fmnist-team`` follows the same rule: its usage errors are checked here, its other codes with the
+team stack running (tests/test_team_stack.py).
 """
 
 from __future__ import annotations
@@ -166,11 +166,20 @@ def test_profiles_exit_statuses(tmp_path):
     assert yaml.safe_load(path.read_text())["train"]["max_epochs"] == 2
 
 
+def test_team_usage_errors_exit_2():
+    team = BIN / "fmnist-team"
+    for args in ((), ("no-such-command",), ("grant", "bob", "OWNER")):
+        result = subprocess.run([str(team), *args], capture_output=True, text=True, timeout=120)
+        assert result.returncode == EXIT_USAGE and result.stderr.startswith("usage: "), (args, result.stderr)
+
+
 def test_every_command_has_help():
     for command in ("fmnist-predict", "fmnist-params", "fmnist-profiles"):
         result = subprocess.run([str(BIN / command), "--help"], capture_output=True, text=True, timeout=120)
         assert result.returncode == EXIT_OK and result.stdout.startswith(f"usage: {command} ")
         assert "Exit status" in result.stdout, command
+    team = subprocess.run([str(BIN / "fmnist-team"), "--help"], capture_output=True, text=True, timeout=120)
+    assert team.returncode == EXIT_OK and "status" in team.stdout
     for name in STAGES:
         result = subprocess.run([sys.executable, str(ROOT / "stages" / f"{name}.py"), "--help"], capture_output=True,
                                 text=True, timeout=120)

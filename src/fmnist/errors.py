@@ -1,6 +1,6 @@
 """The failures the project's commands expect and report as one line (no traceback), and the
 one exit-status rule every command follows: the stages, ``fmnist-predict``, ``fmnist-params``,
-``fmnist-profiles`` and ``scripts/team.py``.
+``fmnist-profiles`` and ``fmnist-team``.
 
 0
     ok.
