@@ -70,6 +70,8 @@ def main() -> None:
                         extra_callbacks=[("checkpoint", ckpt), ("mlflow", logger)])
         start = time.perf_counter()
         trained = fit(net, train, ckpt, on_resume=logger.log_history, seed=train_p.seed)
+        print(net.plan.describe())
+        run.log_params(net.plan.as_params())
         seconds = time.perf_counter() - start
 
         history = epoch_history(net)

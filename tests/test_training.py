@@ -14,7 +14,8 @@ from fmnist.batches import BatchIterator, ImageSet, augment_batch
 from fmnist.checkpoint import EpochCheckpoint, fingerprint
 from fmnist.compute import Compute, resolve_precision, seed_everything
 from fmnist.errors import ParamsError
-from fmnist.model import AlexNetSmall, ModelSpec, plain_convolutions
+from fmnist.conv import CONV_IMPLEMENTATIONS, plan_model
+from fmnist.model import AlexNetSmall, ModelSpec
 from fmnist.params import HyperParams
 from fmnist.predict import inference_module, predict_proba
 from fmnist.training import build_net, cosine_factor, fit
@@ -243,13 +244,13 @@ def test_bf16_predictions_match_fp32():
     assert module.c2.conv.weight.is_contiguous()  # bf16 ran a channels-last copy; the caller's module is as it was
 
 
-def test_fp32_predicts_on_the_fast_paths_where_a_layer_takes_one_else_frozen_torchscript():
-    """AlexNetSmall at 67 px predicts eagerly on the Winograd and Fourier paths (faster than frozen
-    TorchScript there), the same probabilities as the plain convolutions to float rounding; a model
-    no layer of which takes a fast path is frozen."""
+def test_fp32_predicts_on_fmnist_convs_implementations_where_planned_else_frozen_torchscript(monkeypatch):
+    """AlexNetSmall at 67 px predicts eagerly on its planned Winograd and Fourier implementations
+    (faster than frozen TorchScript there), the same probabilities as ``model.conv: pytorch`` to
+    float rounding; a model whose plan takes none of fmnist.conv's convolutions is frozen."""
     torch.manual_seed(0)
     fp32 = Compute("cpu", "fp32")
-    fast, plain = AlexNetSmall().eval(), plain_convolutions(AlexNetSmall().eval())
+    fast, plain = AlexNetSmall().eval(), AlexNetSmall().eval()
     plain.load_state_dict(fast.state_dict())
     assert inference_module(fast, fp32, 67) is fast
     assert isinstance(inference_module(plain, fp32, 67), torch.jit.ScriptModule)
@@ -257,10 +258,10 @@ def test_fp32_predicts_on_the_fast_paths_where_a_layer_takes_one_else_frozen_tor
     got, want = predict_proba(fast, images, 67, fp32, 128), predict_proba(plain, images, 67, fp32, 128)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     seen = []
-    fast.c3.register_forward_pre_hook(lambda m, args: seen.append(m.path(args[0])))
-    with torch.inference_mode():
-        inference_module(fast, fp32, 67)(torch.rand(2, 1, 67, 67))
-    assert seen == ["winograd"]
+    real = CONV_IMPLEMENTATIONS["winograd"]
+    monkeypatch.setitem(CONV_IMPLEMENTATIONS, "winograd", lambda layer, x: seen.append(layer) or real(layer, x))
+    predict_proba(fast, images[:4], 67, fp32)
+    assert seen == [fast.c3.conv, fast.c4.conv, fast.c5.conv]
 
 
 def test_training_steps_hand_on_their_predictions_without_the_graph():
@@ -271,6 +272,7 @@ def test_training_steps_hand_on_their_predictions_without_the_graph():
     from fmnist.training import Classifier
 
     net = Classifier(AlexNetSmall, max_epochs=1, batch_size=4, train_split=None, optimizer=torch.optim.Adam,
+    plan_model(plain, fp32, 67, "pytorch")
                      verbose=0).initialize()
     net.module_.train()
     step = net.train_step_single((torch.rand(4, 1, 67, 67), torch.randint(0, 10, (4,))))

@@ -16,26 +16,32 @@ import torch
 
 from fmnist.batches import to_float
 from fmnist.compute import Compute
+from fmnist.conv import plan_model, plan_of
 from fmnist.data import resize_images
 from fmnist.files import save_torch
-from fmnist.model import AlexNetBase, ModelSpec, paths_taken
+from fmnist.model import AlexNetBase, ModelSpec
 
 
 def save_model(module: AlexNetBase, spec: ModelSpec, path: str | Path) -> None:
-    """One file: the weights and the spec that rebuilds the module."""
-    save_torch(path, {"state_dict": module.state_dict(), "config": spec.to_dict()})
+    """One file: the weights, the spec that rebuilds the module and the convolution plan it was
+    trained with (a record: each machine that loads the file plans for itself)."""
+    plan = plan_of(module)
+    save_torch(path, {"state_dict": module.state_dict(), "config": spec.to_dict(),
+                      "plan": plan.to_dict() if plan else None})
 
 
 def load_model(path: str | Path) -> tuple[AlexNetBase, ModelSpec]:
     """Rebuild a saved module (safe loading: tensors and plain values only), in eval mode.
 
     ``spec.precision`` is the precision setting it was trained with: resolve it on this machine
-    (``Compute.resolve(spec.precision)``) to predict as evaluate did.
+    (``Compute.resolve(spec.precision)``) to predict as evaluate did. The module is planned for that
+    compute with ``spec.conv``; :func:`predict_proba` plans it again for any other.
     """
     state = torch.load(path, map_location="cpu", weights_only=True)
     spec = ModelSpec.from_dict(state["config"])
     module = spec.build()
     module.load_state_dict(state["state_dict"])
+    plan_model(module, Compute.resolve(spec.precision), spec.input_size, spec.conv)
     return module.eval(), spec
 
 
@@ -56,17 +62,16 @@ _FAST: "weakref.WeakKeyDictionary[AlexNetBase, dict]" = weakref.WeakKeyDictionar
 
 
 def inference_module(module: AlexNetBase, compute: Compute, input_size: int) -> torch.nn.Module:
-    """``module`` made fast for inference on ``input_size`` px images as ``compute`` says.
+    """``module`` made fast for inference on ``input_size`` px images as ``compute`` says, planned
+    for it (:func:`fmnist.conv.plan_model`, keeping the module's ``model.conv`` setting).
 
-    On the CPU, fp32: ``module`` itself where a layer takes a fast path without gradients
-    (AlexNetSmall: the Winograd and Fourier transforms, :meth:`fmnist.model.ConvReLU.path`; 1.4x
-    frozen TorchScript's speed at batch 1000, 1.9x at 256), else frozen TorchScript
-    (``optimize_for_inference`` fuses conv + ReLU and keeps weights in oneDNN's layout: about 1.3x
-    the plain eager speed on 2 cores); bf16: a channels-last copy, to be run under
-    ``compute.autocast()`` (about 2x the frozen fp32 speed where the CPU has AMX).
-    benchmarks/train.py measures the choice. TorchScript is deprecated in favour of
-    ``torch.compile``, whose compile time would cost more than it saves for one test set; any
-    failure to freeze falls back to eager mode. Elsewhere: ``module`` itself.
+    On the CPU, fp32: ``module`` itself where its plan computes a convolution by one of
+    :mod:`fmnist.conv`'s implementations without gradients (AlexNetSmall's transforms), else
+    frozen TorchScript (``optimize_for_inference`` fuses conv + ReLU and keeps weights in oneDNN's
+    layout); bf16: a channels-last copy, to be run under ``compute.autocast()``. The figures: the
+    documentation's performance page. TorchScript is deprecated in favour of ``torch.compile``,
+    whose compile time would cost more than it saves for one test set; any failure to freeze falls
+    back to eager mode. Elsewhere: ``module`` itself.
     """
     if compute.device != "cpu" or module.training:
         return module
@@ -74,8 +79,10 @@ def inference_module(module: AlexNetBase, compute: Compute, input_size: int) -> 
     key = (compute.precision, input_size)
     if key not in cache:
         if compute.precision == "bf16":
-            cache[key] = compute.layout(copy.deepcopy(module))
-        elif paths_taken(module, input_size, training=False):
+            fast = compute.layout(copy.deepcopy(module))
+            plan_model(fast, compute, input_size)
+            cache[key] = fast
+        elif set(plan_model(module, compute, input_size).convolutions("infer").values()) != {"pytorch"}:
             cache[key] = module
         else:
             try:

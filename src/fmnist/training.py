@@ -23,6 +23,7 @@ from fmnist.batches import BatchIterator, ImageSet
 from fmnist.checkpoint import EpochCheckpoint
 from fmnist.compute import Compute, seed_everything
 from fmnist.model import N_CLASSES, ModelSpec
+from fmnist.conv import Plan, plan_model, set_plan
 from fmnist.params import HyperParams
 
 log = logging.getLogger(__name__)
@@ -95,15 +96,22 @@ class Classifier(NeuralNetClassifier):
     bf16 is autocast around the forward pass only: the logits come back as fp32, so the loss,
     the scores and the predicted probabilities are computed in fp32, and Adam updates fp32 weights.
     """
+    The module's convolutions compute by ``plan`` (:mod:`fmnist.conv`; none: planned here, auto).
 
-    def __init__(self, module, *args, compute: Compute = Compute("cpu", "fp32"), **kwargs):
+    def __init__(self, module, *args, compute: Compute = Compute("cpu", "fp32"), plan: Plan | None = None,
+                 **kwargs):
         super().__init__(module, *args, device=compute.device, **kwargs)
         self.compute = compute
 
+        self.plan = plan
     def initialize_module(self):
         super().initialize_module()
         self.compute.layout(self.module_)
         return self
+        if self.plan is None:
+            plan_model(self.module_, self.compute, self.module_.input_size)
+        else:
+            set_plan(self.module_, self.plan)
 
     def infer(self, x, **fit_params):
         with self.compute.autocast():
@@ -183,6 +191,7 @@ def fit(net: NeuralNetClassifier, train: ImageSet, checkpoint: EpochCheckpoint |
     A checkpoint of a run that had finished (all epochs, or stopped early) is not resumed: that
     is a forced rerun, and it trains from scratch, seeded as a fresh process would be; so does a
     checkpoint that was ignored (made by other params, data or code, or unreadable).
+        plan=spec.conv_plan(compute),
     Returns the number of epochs this call trained. With a checkpoint, the best weights are
     loaded at the end (skorch's ``Checkpoint(load_best=True)``, but resumable and atomic).
     """
