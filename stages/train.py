@@ -6,9 +6,10 @@
 
 Reads params ``train.*`` and ``model.*``; lr, batch_size and dropout come from search's best
 params when ``train.use_search`` is true. Callbacks: progress bar, cosine LR, early stopping on
-valid accuracy, train accuracy, per-epoch checkpoint (a killed run resumes from its last epoch)
-and the best checkpoint loaded at the end. Writes the model, its per-epoch history and metrics;
-logs params, curves, checkpoint, summary and the registered model to MLflow.
+valid accuracy, train accuracy, per-epoch checkpoint (a killed run resumes from its last epoch,
+and goes on logging into the MLflow run the checkpoint names) and the best checkpoint loaded at
+the end. Writes the model, its per-epoch history and metrics; logs params, curves, checkpoint,
+summary and the registered model to MLflow.
 """
 
 import time
@@ -59,7 +60,8 @@ def main() -> None:
         hp.as_dict(), to_dict(train_p), to_dict(params.model), compute.precision, code_digests(__file__),
         tags["fmnist.input.train_images"], tags["fmnist.input.valid_images"]))
     datasets = {"train_images": data / "train_images.npy", "valid_images": data / "valid_images.npy"}
-    with tracker.run("train", tags=tags, datasets=datasets) as run:
+    with tracker.run("train", tags=tags, datasets=datasets, resume=ckpt.run_to_resume(train_p.max_epochs)) as run:
+        ckpt.run_id = run.id
         run.log_params(flatten({"train": to_dict(train_p), "model": to_dict(params.model)})
                        | {f"used.{k}": v for k, v in hp.as_dict().items()}
                        | {"input_size": train.size, "train_images": len(train), "threads": threads,

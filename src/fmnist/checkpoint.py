@@ -2,7 +2,8 @@
 
 A checkpoint carries a fingerprint of what trained it (params, precision, data and code); one
 with another fingerprint, or one that cannot be read safely, is ignored with a message that
-names the file, and training starts over.
+names the file, and training starts over. It also names the MLflow run it logs into, so that a
+killed run, resumed, goes on logging into the same run.
 """
 
 from __future__ import annotations
@@ -53,13 +54,14 @@ def restore_net_state(net, state: dict) -> None:
     net.history_ = History(json.loads(state["history"]))
 
 
-def load_state(path: Path) -> dict | None:
+def load_state(path: Path, mmap: bool = False) -> dict | None:
     """A checkpoint's dict, loaded safely (tensors and plain values only), or None when the file
-    is missing, corrupt or carries anything else (a pickled object): a warning names it."""
+    is missing, corrupt or carries anything else (a pickled object): a warning names it.
+    ``mmap``: tensors are read only when touched (a look at the plain values costs no memory)."""
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # a checkpoint we cannot read is as good as none
         log.warning("ignoring unreadable checkpoint %s (%s); training starts over",
                     path, str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
@@ -74,13 +76,16 @@ class EpochCheckpoint(Callback):
     """Per-epoch checkpoint in one file (weights, optimizer, history) plus the best weights.
 
     ``fingerprint`` names what was trained (params and data); a checkpoint with another
-    fingerprint is ignored, so a changed param never resumes a stale run.
+    fingerprint is ignored, so a changed param never resumes a stale run. ``run_id``, when set,
+    is the MLflow run the epochs are logged into, saved with them (:meth:`run_to_resume`).
     """
 
-    def __init__(self, dirname: str | Path, fingerprint: str, monitor: str = "valid_acc_best"):
+    def __init__(self, dirname: str | Path, fingerprint: str, monitor: str = "valid_acc_best",
+                 run_id: str | None = None):
         self.dirname = dirname
         self.fingerprint = fingerprint
         self.monitor = monitor
+        self.run_id = run_id
 
     @property
     def last_path(self) -> Path:
@@ -116,7 +121,20 @@ class EpochCheckpoint(Callback):
         if net.history[-1, self.monitor]:
             save_torch(self.best_path, {"module": net.module_.state_dict(), "fingerprint": self.fingerprint,
                                         "epoch": len(net.history)})
-        save_torch(self.last_path, {**net_state(net), "fingerprint": self.fingerprint})
+        save_torch(self.last_path, {**net_state(net), "fingerprint": self.fingerprint,
+                                    **({"run_id": self.run_id} if self.run_id else {})})
+
+    def run_to_resume(self, max_epochs: int) -> str | None:
+        """The MLflow run id that ``last.pt`` names when training will resume from it (its
+        fingerprint matches and it holds fewer than ``max_epochs`` epochs), else None."""
+        state = load_state(self.last_path, mmap=True)
+        if state is None or state.get("fingerprint") != self.fingerprint or not isinstance(state.get("run_id"), str):
+            return None
+        try:
+            epochs = len(json.loads(state["history"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+        return state["run_id"] if epochs < max_epochs else None
 
     def load_last(self, net) -> bool:
         """Restore weights, optimizer and history from ``last.pt`` if it matches; return whether."""

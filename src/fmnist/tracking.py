@@ -11,9 +11,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import getpass
+import itertools
 import json
 import logging
 import os
+import socket
 import time
 import urllib.error
 import urllib.parse
@@ -148,8 +150,14 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         root = project_root()
+        self.root = root
         self.uri = uri or tracking_uri(root)
         check_reachable(self.uri, experiment)
+        if self.uri.startswith(("http://", "https://")):
+            # MLflow's own HTTP retries back off for about two minutes, silently; a few seconds of
+            # them, then _retry's logged, time-bounded ones (set either variable to choose yourself)
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         self.client = MlflowClient(tracking_uri=self.uri)
         mlflow.set_tracking_uri(self.uri)
         self.experiment_id = self._experiment(experiment, root)
@@ -169,19 +177,32 @@ class Tracker:
 
     @contextlib.contextmanager
     def run(self, name: str, tags: dict[str, str] | None = None, parent: str | None = None,
-            datasets: dict[str, str | Path] | None = None) -> Iterator["Run"]:
+            datasets: dict[str, str | Path] | None = None, resume: str | None = None) -> Iterator["Run"]:
         """Start a run; end it FINISHED, or FAILED when the body raises.
+
+        A top-level run first resolves the runs of its stage (tag ``fmnist.stage``) that this
+        workspace left RUNNING when their process died (:meth:`resolve_dead_runs`): ``resume``, the
+        id a checkpoint names, is continued rather than a new run started, when it is one of them;
+        the others end KILLED. Every run is tagged with the host, pid and workspace that run it.
 
         ``datasets``: ``{name: file}`` the stage read, logged as the run's dataset inputs (the
         UI's Datasets column) with DVC's checksum of the file as digest.
         """
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-        all_tags = {MLFLOW_RUN_NAME: name, **(tags or {})}
+        all_tags = {MLFLOW_RUN_NAME: name, **(tags or {}), **process_tags(), f"{TAG}.workspace": str(self.root)}
         if parent:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent
-        info = _retry(self.client.create_run, self.experiment_id, tags=all_tags, run_name=name).info
-        run = Run(self, info.run_id)
+        resumed = None if parent else self.resolve_dead_runs(all_tags.get(f"{TAG}.stage", ""), resume)
+        if resumed:
+            run = Run(self, resumed, resumed=True)
+            _retry(self.client.update_run, resumed, status="RUNNING")
+            run.set_tags(all_tags | {f"{TAG}.resumed_by": f"pid {os.getpid()} on {socket.gethostname()}"})
+            log.info("continuing MLflow run %s, which its checkpoint names", resumed)
+            info = _retry(self.client.get_run, resumed).info
+        else:
+            info = _retry(self.client.create_run, self.experiment_id, tags=all_tags, run_name=name).info
+            run = Run(self, info.run_id)
         if datasets:
             run.log_datasets({k: (v, all_tags.get(f"{TAG}.input.{k}")) for k, v in datasets.items()})
         try:
@@ -190,6 +211,51 @@ class Tracker:
             _retry(self.client.set_terminated, info.run_id, "FAILED")
             raise
         _retry(self.client.set_terminated, info.run_id, "FAILED" if run.failed else "FINISHED")
+
+    def resolve_dead_runs(self, stage: str, resume: str | None = None) -> str | None:
+        """End as KILLED the runs of ``stage`` that this workspace (host and project root) left
+        RUNNING and whose process is gone (SIGKILL, the OOM killer, a power cut), with the tag
+        ``fmnist.killed_reason``, and their RUNNING child runs too; return ``resume`` instead of
+        ending it when it is one of them, or a run this resolution ended before, so that the caller
+        continues it. A run whose process is alive (another queue worker), or that ran on another
+        host, is left alone."""
+        if not stage:
+            return None
+        runs = _retry(self.client.search_runs, [self.experiment_id], max_results=1000,
+                      filter_string=f"tags.`{TAG}.stage` = '{stage}' and attributes.status = 'RUNNING'")
+        continued = None
+        for found in runs:
+            tags = found.data.tags
+            if tags.get(f"{TAG}.workspace") != str(self.root) or process_alive(tags) is not False:
+                continue
+            if found.info.run_id == resume:
+                continued = resume
+                continue
+            self._end_killed(found.info.run_id, f"its process (pid {tags.get(f'{TAG}.pid')} on "
+                             f"{tags.get(f'{TAG}.host')}) died without ending it, and the next {stage} "
+                             f"run in this workspace (pid {os.getpid()}) could not continue it")
+            children = _retry(self.client.search_runs, [self.experiment_id], max_results=10000,
+                              filter_string=f"tags.`mlflow.parentRunId` = '{found.info.run_id}' "
+                                            f"and attributes.status = 'RUNNING'")
+            for child in children:
+                if process_alive(child.data.tags) is not True:
+                    self._end_killed(child.info.run_id, f"its parent run {found.info.run_id} died")
+        if resume and continued is None:
+            with contextlib.suppress(Exception):  # a run of another store or experiment: start anew
+                again = _retry(self.client.get_run, resume)
+                if (again.info.experiment_id == self.experiment_id and again.info.status == "KILLED"
+                        and f"{TAG}.killed_reason" in again.data.tags
+                        and again.data.tags.get(f"{TAG}.workspace") == str(self.root)):
+                    _retry(self.client.delete_tag, resume, f"{TAG}.killed_reason")
+                    continued = resume
+        return continued
+
+    def _end_killed(self, run_id: str, reason: str) -> None:
+        from mlflow.entities import RunTag
+
+        log.warning("ending MLflow run %s as KILLED: %s", run_id, reason)
+        _retry(self.client.log_batch, run_id, tags=[RunTag(f"{TAG}.killed_reason", reason)])
+        _retry(self.client.set_terminated, run_id, "KILLED")
 
     def link(self, tag: str, output_tag: str, digest: str) -> dict[str, str]:
         """``{tag: run id}`` of the run that wrote an input (its ``output_tag`` is the input's
@@ -238,16 +304,24 @@ class Tracker:
 class Run:
     """One MLflow run, by id."""
 
-    def __init__(self, tracker: Tracker, run_id: str):
+    def __init__(self, tracker: Tracker, run_id: str, resumed: bool = False):
         self.tracker = tracker
         self.client = tracker.client
         self.id = run_id
         self.failed = False  # set to end the run FAILED without raising (a failed search trial)
+        # A continued run keeps what it logged before: each metric once per step, params unchanged.
+        self.logged_steps: set[tuple[str, int]] = set()
+        self.logged_params: set[str] = set()
+        if resumed:
+            data = _retry(self.client.get_run, run_id).data
+            self.logged_params = set(data.params)
+            for key in data.metrics:
+                self.logged_steps |= {(key, m.step) for m in _retry(self.client.get_metric_history, run_id, key)}
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        items = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in self.logged_params]
         for i in range(0, len(items), 100):
             _retry(self.client.log_batch, self.id, params=items[i:i + 100])
 
@@ -255,7 +329,8 @@ class Run:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if v is not None and (k, step) not in self.logged_steps]
         if items:
             _retry(self.client.log_batch, self.id, metrics=items)
 
@@ -295,21 +370,90 @@ class Run:
 # What a server that is restarting, or a database it is reconnecting to, looks like to the client.
 TRANSIENT = ("locked", "Max retries exceeded", "Connection refused", "Connection reset", "RemoteDisconnected",
              "Connection aborted", "OperationalError", "too many 500 error responses", "503")
+RETRY_S = 300.0  # how long _retry keeps trying after a call's first failure
 
 
-def _retry(fn, *args, attempts: int = 8, **kwargs):
-    """Retry an MLflow call that failed on a busy SQLite store ("database is locked") or on a
-    server that went away for a moment (MLflow's own HTTP retries, about four minutes with their
-    backoff, come first). Bounded: the eighth failure is raised."""
-    for attempt in range(attempts):
+def _retry(fn, *args, within_s: float = RETRY_S, **kwargs):
+    """Retry an MLflow call that failed on a busy SQLite store ("database is locked"), a server
+    that went away (killed, restarting) or a server whose database did; each failure is a warning
+    that names the call and the attempt. Bounded in time: after ``within_s`` seconds of failures,
+    one line naming the store and what failed (TrackingError); an error that is not transient at
+    once. MLflow's metrics have the client's timestamps, so a retried batch never logs twice."""
+    start = time.monotonic()
+    for attempt in itertools.count(1):
         try:
             return fn(*args, **kwargs)
         except Exception as err:
-            if not any(s in str(err) for s in TRANSIENT) or attempt == attempts - 1:
+            reason = _transient(err)
+            if reason is None:
                 raise
-            log.warning("MLflow call %s failed (%s); retry %d of %d", getattr(fn, "__name__", fn),
-                        str(err).splitlines()[0][:200], attempt + 1, attempts - 1)
-            time.sleep(min(0.2 * 2**attempt, 10))
+            name, waited = getattr(fn, "__name__", str(fn)), time.monotonic() - start
+            if waited >= within_s:
+                raise TrackingError(f"MLflow tracking store {_store_uri(fn)} {reason} for {waited:.0f} s: "
+                                    f"{name} failed {attempt} times") from None
+            pause = min(0.5 * 2 ** (attempt - 1), 10.0, max(within_s - waited, 0.0))
+            log.warning("MLflow call %s failed, attempt %d (%s); retrying in %.1f s", name, attempt, reason, pause)
+            time.sleep(pause)
+
+
+def _transient(err: Exception) -> str | None:
+    """What a transient failure looks like in words, or None when ``err`` is not one."""
+    text = str(err)
+    if not any(s in text for s in TRANSIENT):
+        return None
+    for marker, words in (("locked", "is locked"), ("Connection refused", "refused the connection"),
+                          ("500 error", "answered 500 (its database?)"), ("503", "answered 503"),
+                          ("OperationalError", "could not use its database")):
+        if marker in text:
+            return words
+    return "dropped the connection"
+
+
+def _store_uri(fn) -> str:
+    """The store an MlflowClient method talks to (the process's tracking URI for anything else)."""
+    uri = getattr(getattr(fn, "__self__", None), "tracking_uri", None)
+    if isinstance(uri, str):
+        return uri
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
+def process_tags() -> dict[str, str]:
+    """Who runs a run: host, pid and the process's start time (a pid reused since is not it)."""
+    return {f"{TAG}.host": socket.gethostname(), f"{TAG}.pid": str(os.getpid()),
+            f"{TAG}.pid_start": _process_start(os.getpid()) or "unknown"}
+
+
+def _process_start(pid: int) -> str | None:
+    """A process's start time in clock ticks since boot (``/proc/PID/stat`` field 22), or None
+    when it has ended, is a zombie or the system has no ``/proc``."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def process_alive(tags: dict[str, str]) -> bool | None:
+    """Whether the process a run's tags name (:func:`process_tags`) still runs: True, False, or
+    None when it ran on another host (or is not tagged) and nobody here can tell."""
+    if tags.get(f"{TAG}.host") != socket.gethostname():
+        return None
+    try:
+        pid = int(tags.get(f"{TAG}.pid", ""))
+    except ValueError:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        pass
+    if not Path("/proc").is_dir():
+        return True
+    started = _process_start(pid)
+    return started is not None and tags.get(f"{TAG}.pid_start") in (started, "unknown")
 
 
 DATASET_CONTEXTS = (("train", "training"), ("valid", "validation"), ("test", "testing"))
