@@ -2,14 +2,14 @@
 
     python benchmarks/model_versus.py --rev dcb3448 [--rounds 20] [--steps 4] [--precision bf16]
 
-``benchmarks/versus.py`` runs the whole train stage on each side in fresh processes: right for
-changes outside the model, but the host's speed drifts between processes by more than a change of
-a few percent. This loads ``src/fmnist/model.py`` as it was at ``--rev`` beside this checkout's, builds
-AlexNetSmall from each with the same weights, and times the same training step (autocast forward,
-fp32 cross-entropy, backward, fused Adam, as the stage's net; batch 256 of random 67 px images)
-on each, ``--steps`` steps a turn, alternating which side goes first, round after round. glibc's
-malloc and the threads are set as the train stage sets them. Prints the medians and their ratio;
-the last line is ``key=value``. Only ``model.py`` differs between the sides.
+The host's speed drifts between processes by more than a change of a few percent, so this loads
+``src/fmnist/model.py`` as it was at ``--rev`` beside this checkout's, builds AlexNetSmall from each
+with the same weights, and times the same training step (autocast forward, fp32 cross-entropy,
+backward, fused Adam, as the stage's net; batch 256 of random 67 px images) on each, ``--steps``
+steps a turn, alternating which side goes first, round after round. A model whose convolutions
+are planned (:mod:`fmnist.conv`) is planned as the train stage plans it; a ``model.py`` of its own
+(before fmnist.conv) chose its convolutions itself. glibc's malloc and the threads are set as the
+train stage sets them. Prints the medians and their ratio; the last line is ``key=value``.
 """
 
 from __future__ import annotations
@@ -23,15 +23,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+import fmnist.model
+from fmnist.allocator import tune_malloc_for
+from fmnist.compute import Compute, resolve_precision, set_threads
+from fmnist.conv import Conv2d, plan_model
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
-import torch  # noqa: E402
 
-import fmnist.model  # noqa: E402
-from fmnist.allocator import tune_malloc_for  # noqa: E402
-from fmnist.compute import Compute, resolve_precision, set_threads  # noqa: E402
-from versus import short_rev  # noqa: E402  (benchmarks/versus.py)
+def short_rev(rev: str) -> str:
+    return subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
 
 
 def model_at(rev: str, tmp: Path):
@@ -71,6 +75,8 @@ def main() -> None:
         model = module.AlexNetSmall(dropout=0.3)
         model.load_state_dict(state)
         model = compute.layout(model).train()
+        if any(isinstance(m, Conv2d) for m in model.modules()):
+            plan_model(model, compute, 67)
         sides[name] = (model, torch.optim.Adam(model.parameters(), lr=1e-3, fused=True))
 
     def step(model, opt) -> None:

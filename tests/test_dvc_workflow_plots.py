@@ -45,10 +45,21 @@ def vega_specs(page: Path) -> dict[str, dict]:
     return {m.group(1): json.loads(m.group(2)) for m in found}
 
 
+SEARCH_CHARTS = {"Search_trials_by_lr": "lr", "Search_trials_by_batch_size": "batch_size",
+                 "Search_trials_by_dropout": "dropout"}
+
+
 def check_charts(page: Path, revs: set[str], epochs: tuple[int, ...]) -> None:
-    """The training curves (x = epoch) and the confusion matrix, for each of ``revs``."""
+    """The training curves (x = epoch), the search trials (x = a hyper-parameter, one point per
+    trial) and the confusion matrix, for each of ``revs``."""
     specs = vega_specs(page)
-    assert set(specs) == {"Training_curves", "Training_loss", "results_evaluate_predictions_csv"}
+    assert set(specs) == {"Training_curves", "Training_loss", "results_evaluate_predictions_csv", *SEARCH_CHARTS}
+    for name, param in SEARCH_CHARTS.items():
+        spec = specs[name]
+        assert spec["mark"]["type"] == "point" and spec["encoding"]["x"]["field"] == param
+        assert spec["encoding"]["y"]["field"] == "valid_acc"
+        rows = spec["data"]["values"]
+        assert {r["rev"] for r in rows} == revs and all(param in r and "valid_acc" in r for r in rows)
     for name, fields in (("Training_curves", {"train_acc", "valid_acc"}),
                          ("Training_loss", {"train_loss", "valid_loss"})):
         spec = specs[name]
@@ -103,8 +114,8 @@ def test_plots_show_renders_every_plot_offline(queued, offline_page, tmp_path):
     for png in ("search.png", "evaluate_confusion_matrix.png", "evaluate_curves.png", "evaluate_mistakes.png"):
         assert f'src="static/workspace_plots_{png}"' in html
         assert (tmp_path / "show" / "static" / f"workspace_plots_{png}").read_bytes()[:4] == b"\x89PNG"
-    # three vega charts drawn, and the four PNGs (search + evaluate) shown
-    assert rendered(page, tmp_path) == {"canvas": 3, "img": 4}
+    # six vega charts drawn (curves, loss, three search scatters, confusion), the four PNGs shown
+    assert rendered(page, tmp_path) == {"canvas": 6, "img": 4}
     assert screenshot(page, tmp_path / "plots-show.png", tmp_path, "1400,4200") > 0.05
 
 
@@ -131,5 +142,5 @@ def test_plots_diff_puts_two_experiments_on_one_page(queued, offline_page, tmp_p
     check_charts(page, set(QUEUED), epochs=(1, 2))  # both experiments in each chart, by rev
     for name in QUEUED:
         assert f'src="static/{name}_plots_evaluate_confusion_matrix.png"' in html
-    assert rendered(page, tmp_path) == {"canvas": 3, "img": 8}
+    assert rendered(page, tmp_path) == {"canvas": 6, "img": 8}
     assert screenshot(page, tmp_path / "plots-diff.png", tmp_path, "1400,5000") > 0.05

@@ -88,10 +88,13 @@ def result_frame(prob: np.ndarray) -> pd.DataFrame:
     return frame
 
 
-def log_pyfunc(run_id: str, model_path: str | Path, example: np.ndarray, registered_name: str) -> str | None:
-    """Log the model to ``run_id`` (signature, input example) and register a new version.
+def log_pyfunc(run_id: str, model_path: str | Path, example: np.ndarray, registered_name: str,
+               params: dict[str, Any] | None = None):
+    """Log the model to ``run_id`` as an MLflow logged model (signature, input example, ``params``
+    on its page) and register a new version unless ``registered_name`` is empty.
 
-    Returns the registered version, or None when ``registered_name`` is empty.
+    Returns MLflow's ``ModelInfo``: ``model_id``, ``registered_model_version`` (None when not
+    registered).
     """
     from mlflow.models import infer_signature
 
@@ -108,8 +111,9 @@ def log_pyfunc(run_id: str, model_path: str | Path, example: np.ndarray, registe
             input_example=example,
             registered_model_name=registered_name or None,
             pip_requirements=_requirements(),
+            params={k: str(v) for k, v in (params or {}).items()},
         )
-    return str(info.registered_model_version) if registered_name else None
+    return info
 
 
 def _requirements() -> list[str]:
@@ -119,11 +123,12 @@ def _requirements() -> list[str]:
 
 
 def log_trained_model(run, module, spec, model_path: str | Path, best_checkpoint: str | Path, files: tuple,
-                      example: np.ndarray, registered_name: str) -> str | None:
+                      example: np.ndarray, registered_name: str, hyper_params: dict[str, Any] | None = None):
     """A train run's record of its model: the model file's checksum and the pipeline id as tags,
     the model file and ``files`` as artifacts, the best checkpoint, a torchinfo summary, and the
-    pyfunc model, registered as a new version of ``registered_name`` ("" = not registered).
-    ``example``: a few input images at any size. Returns the registered version."""
+    pyfunc model: an MLflow logged model with the spec and ``hyper_params`` as its params,
+    registered as a new version of ``registered_name`` ("" = not registered). ``example``: a few
+    input images at any size. Returns MLflow's ``ModelInfo`` (``model_id``, the version)."""
     from torchinfo import summary
 
     from fmnist.data import resize_images
@@ -135,7 +140,8 @@ def log_trained_model(run, module, spec, model_path: str | Path, best_checkpoint
     run.log_artifact(best_checkpoint, "checkpoints")
     text = str(summary(module, input_size=(1, 1, spec.input_size, spec.input_size), verbose=0, device="cpu"))
     run.log_text(text + "\n", "model_summary.txt")
-    version = log_pyfunc(run.id, model_path, resize_images(example, 28), registered_name)  # callers send 28x28
-    if version:
-        run.set_tags({"fmnist.registered_model": f"{registered_name}/{version}"})
-    return version
+    info = log_pyfunc(run.id, model_path, resize_images(example, 28), registered_name,  # callers send 28x28
+                      params=spec.to_dict() | (hyper_params or {}))
+    if registered_name:
+        run.set_tags({"fmnist.registered_model": f"{registered_name}/{info.registered_model_version}"})
+    return info
