@@ -47,6 +47,21 @@ CASES = {
     "a scheduler port out of range": ("search.scheduler", "tcp://10.0.0.1:99999"),
     "an empty experiment name": ("tracking.experiment", ""),
     "a blank experiment name": ("tracking.experiment", "   "),
+    "an optuna lr range upside down": ("search.optuna.lr", [0.01, 0.001]),
+    "an optuna lr range from 0": ("search.optuna.lr", [0.0, 0.01]),
+    "an optuna lr range of three": ("search.optuna.lr", [0.0001, 0.001, 0.01]),
+    "an optuna lr range as a string": ("search.optuna.lr", "0.0001..0.01"),
+    "an optuna dropout range of one point": ("search.optuna.dropout", [0.3, 0.3]),
+    "an optuna dropout past 0.95": ("search.optuna.dropout", [0.1, 0.99]),
+    "no optuna batch sizes": ("search.optuna.batch_size", []),
+    "an optuna batch size of 0": ("search.optuna.batch_size", [0, 64]),
+    "an unknown optuna sampler": ("search.optuna.sampler", "cmaes"),
+    "an unknown optuna pruner": ("search.optuna.pruner", "median"),
+    "a negative optuna budget": ("search.optuna.budget", -1),
+    "an optuna budget as a float": ("search.optuna.budget", 1e6),
+    "optuna min_epochs 0": ("search.optuna.min_epochs", 0),
+    "negative optuna startup trials": ("search.optuna.startup_trials", -1),
+    "an unknown optuna key": ("search.optuna.n_trials", 20),
 }
 
 
@@ -58,6 +73,25 @@ def test_bad_value_is_one_line_naming_the_key(key, value):
     assert "\n" not in message and message.startswith("params.yaml: ")
     assert key in message, message
     assert "allowed" in message or "must be a mapping" in message, message
+
+
+def optuna_with(**search):
+    raw = copy.deepcopy(BASE)
+    raw["search"].update(strategy="optuna", **search)
+    return raw
+
+
+@pytest.mark.parametrize("search, key", [
+    ({"cv": 3}, "search.cv"),  # the pruner reads one validation curve per epoch
+    ({"epochs": 2, "optuna": {"min_epochs": 3}}, "search.optuna.min_epochs"),
+    ({"subset": 300, "optuna": {"batch_size": [64, 512]}}, "search.optuna.batch_size"),
+], ids=["k-fold", "min_epochs past epochs", "batch size past the subset"])
+def test_optuna_settings_that_do_not_fit_are_one_line(search, key):
+    with pytest.raises(ParamsError) as err:
+        parse_params(optuna_with(**search))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"params.yaml: {key}=") and "allowed" in message, message
+    parse_params(copy.deepcopy(BASE) | {"search": BASE["search"] | search})  # the same values pass with grid
 
 
 @pytest.mark.parametrize("text", ["", "# nothing but a comment\n", "[1, 2]\n", "just words\n"])

@@ -152,11 +152,46 @@ class GridParams(Section):
                 for batch_size, dropout, lr in itertools.product(self.batch_size, self.dropout, self.lr)]
 
 
+LR_RANGE = "[low, high] with 0 < low < high <= 1"
+DROPOUT_RANGE = "[low, high] with 0 <= low < high <= 0.95"
+
+
+class OptunaParams(Section):
+    """search.strategy optuna: the space as ranges, the sampler, the pruner and the budget."""
+
+    lr: Annotated[tuple[LearningRate, LearningRate], Allowed(LR_RANGE)] = Field(
+        (1e-4, 1e-2), description="Learning rates [low, high], sampled log-uniform.")
+    dropout: Annotated[tuple[Dropout, Dropout], Allowed(DROPOUT_RANGE)] = Field(
+        (0.0, 0.6), description="Dropout rates [low, high], sampled uniform.")
+    batch_size: tuple[BatchSize, ...] = Field((64, 128, 256), min_length=1,
+                                              description="Batch sizes to choose from (categorical).")
+    sampler: Literal["tpe", "random"] = Field("tpe", description="tpe: Optuna's TPE, seeded from search.seed "
+                                                                 "and the trial's number; random: uniform.")
+    startup_trials: StrictInt = Field(5, ge=0, le=1000, description="tpe: random trials before TPE models "
+                                                                    "the finished ones.")
+    pruner: Literal["hyperband", "halving", "none"] = Field(
+        "hyperband", description="Stops poor trials from their per-epoch valid_acc: Hyperband, successive "
+                                 "halving (reduction factor search.factor) or none.")
+    min_epochs: StrictInt = Field(1, ge=1, le=1000, description="Epochs a trial trains before it can be "
+                                                                "pruned.")
+    budget: StrictInt = Field(0, ge=0, description="Training images processed by all trials together "
+                                                   "(trials.json's images_processed); 0 = the grid's.")
+
+    @pydantic.field_validator("lr", "dropout")
+    @classmethod
+    def _low_below_high(cls, bounds: tuple[float, float], info: pydantic.ValidationInfo) -> tuple[float, float]:
+        if bounds[0] >= bounds[1]:
+            allowed = LR_RANGE if info.field_name == "lr" else DROPOUT_RANGE
+            raise PydanticCustomError("params_allowed", "low >= high", {"allowed": allowed})
+        return bounds
+
+
 class SearchParams(Section):
     """Stage search: the hyper-parameter search and where its trials run."""
 
-    strategy: Literal["grid", "halving"] = Field(description="grid: every combination; halving: "
-                                                             "successive halving.")
+    strategy: Literal["grid", "halving", "optuna"] = Field(
+        description="grid: every combination; halving: successive halving; optuna: ranges, TPE and "
+                    "pruning (search.optuna).")
     grid: GridParams
     epochs: StrictInt = Field(ge=1, le=1000, description="Epochs per trial (halving: in the last round).")
     subset: StrictInt = Field(ge=0, description="Training images per trial, 0 = the whole split.")
@@ -175,6 +210,8 @@ class SearchParams(Section):
                                             "or host:port")] = Field(
         "", pattern=DASK_ADDRESS, description='A Dask scheduler address (tcp://host:8786) to run trials on, '
                                               '"" = this machine.')
+    optuna: OptunaParams = Field(default_factory=OptunaParams, description="strategy optuna: the space, "
+                                                                           "sampler, pruner and budget.")
 
     @pydantic.field_validator("cv")
     @classmethod
@@ -183,6 +220,23 @@ class SearchParams(Section):
             raise PydanticCustomError("params_allowed", "cv=1",
                                       {"allowed": "0 (the validation split) or 2 to 20 folds"})
         return cv
+
+    @pydantic.model_validator(mode="after")
+    def _optuna_fits(self) -> SearchParams:
+        if self.strategy != "optuna":
+            return self
+        problem = ""
+        if self.cv:  # the pruner reads one validation curve per epoch; k folds train one after the other
+            problem = f"search.cv={self.cv} is not allowed with search.strategy=optuna; allowed: 0"
+        elif self.optuna.min_epochs > self.epochs:
+            problem = (f"search.optuna.min_epochs={self.optuna.min_epochs} is more than search.epochs="
+                       f"{self.epochs}; allowed: 1..{self.epochs}")
+        elif self.subset and max(self.optuna.batch_size) > self.subset:
+            problem = (f"search.optuna.batch_size={max(self.optuna.batch_size)} is larger than the "
+                       f"{self.subset} training images of a trial (search.subset); allowed: 1..{self.subset}")
+        if problem:
+            raise PydanticCustomError("params_check", "{message}", {"message": f"params.yaml: {problem}"})
+        return self
 
 
 class TrainParams(Section):

@@ -29,6 +29,7 @@ class Task:
     samples: int
     start_epoch: int = 0
     keep_state: bool = False  # return the state at the end: a later round goes on from it
+    name: str = ""  # the trial's MLflow run name; "" = round and hyper-parameters
 
     def describe(self) -> str:
         going_on = f" (going on from epoch {self.start_epoch})" if self.start_epoch else ""

@@ -1,4 +1,9 @@
-"""One trial, on whichever worker runs it: train a grid combination, score it, log it."""
+"""One trial, on whichever worker runs it: train a combination, score it, log it.
+
+A callback may end a trial early by raising :class:`TrialStopped` (Optuna's pruner does, through
+:mod:`fmnist.search.optuna_search`): the trial is then ``pruned``, scored on the epochs it trained,
+and its MLflow run ends FINISHED with the tag ``fmnist.pruned_epoch``.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +33,10 @@ log = logging.getLogger(__name__)
 # A trial whose epoch loss passes this many times the loss of guessing (ln 10) has diverged: Adam at
 # lr=1 drives AlexNet's loss to 1e16 without ever reaching NaN.
 DIVERGED_FACTOR = 100.0
+
+
+class TrialStopped(Exception):
+    """Raised by a callback at the end of an epoch to stop the trial there: it is pruned, not failed."""
 
 
 @dataclass(frozen=True)
@@ -78,13 +87,16 @@ class TrialState:
 
 TABLE_KEYS = ("round", *HyperParams.names(), "epochs", "train_images", "images_processed", "valid_acc",
               "valid_acc_std", "best_epoch", "status", "error")
+# Optuna's trials are numbered, not grouped in rounds; a pruned trial says after which epoch.
+OPTUNA_TABLE_KEYS = ("trial", *HyperParams.names(), "epochs", "train_images", "images_processed", "valid_acc",
+                     "valid_acc_std", "best_epoch", "status", "pruned_epoch", "error")
 
 
 @dataclass
 class TrialResult:
     """What one trial gave: its score, the resource it used, and whether it failed and why."""
 
-    index: int  # position of the combination in the grid
+    index: int  # position of the combination in the grid (optuna: the trial's number)
     round: int
     hp: HyperParams
     epochs: int
@@ -93,19 +105,20 @@ class TrialResult:
     valid_acc: float = math.nan
     valid_acc_std: float = 0.0
     best_epoch: int = 0
-    status: str = "ok"
+    status: str = "ok"  # ok, pruned (stopped by a pruner after pruned_epoch) or failed
     error: str = ""
     seconds: float = 0.0
+    pruned_epoch: int = 0
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
-    def table_row(self) -> dict:
+    def table_row(self, keys: tuple[str, ...] = TABLE_KEYS) -> dict:
         """The row of ``trials.json`` (a failed trial's accuracy is null, not NaN, which is not JSON)."""
-        row = asdict(self) | self.hp.as_dict()
-        row["valid_acc"] = self.valid_acc if self.ok else None
-        return {k: row[k] for k in TABLE_KEYS}
+        row = asdict(self) | self.hp.as_dict() | {"trial": self.index}
+        row["valid_acc"] = None if self.status == "failed" else self.valid_acc
+        return {k: row[k] for k in keys}
 
 
 class StopOnDivergence(Callback):
@@ -193,12 +206,14 @@ def _threads(setup: TrialSetup, threads: int | dict[str, int]) -> int:
 
 
 def run_trial(task: Task, setup: TrialSetup, data: SearchData, tracking: TrackingTarget | None = None,
-              threads: int | dict[str, int] = 0,
-              state: TrialState | None = None) -> tuple[TrialResult, TrialState | None]:
+              threads: int | dict[str, int] = 0, state: TrialState | None = None,
+              callbacks: list | None = None) -> tuple[TrialResult, TrialState | None]:
     """Train and score one trial; return its result and, if asked, its state.
 
     Never raises for a failing trial: the result says ``status: failed`` and why, and so does its
-    nested MLflow run (FAILED, tags ``fmnist.trial_status``/``fmnist.trial_error``).
+    nested MLflow run (FAILED, tags ``fmnist.trial_status``/``fmnist.trial_error``). ``callbacks``
+    (skorch ``(name, callback)`` pairs, after the MLflow logger) may stop the trial with
+    :class:`TrialStopped`: it is then ``pruned`` and scored on the epochs it trained.
     """
     import torch
 
@@ -216,16 +231,23 @@ def run_trial(task: Task, setup: TrialSetup, data: SearchData, tracking: Trackin
         try:
             curves = []
             for fold, (train, valid) in enumerate(_folds(task, setup, data)):
-                callbacks = []
+                fold_callbacks = []
                 if run is not None:
                     prefix = f"fold{fold + 1}_" if setup.cv >= 2 else ""
-                    callbacks.append(("mlflow", MlflowEpochLogger(run, prefix=prefix)))
-                net = _fold_net(task, setup, compute, train, valid, state.folds[fold] if state else None, callbacks)
+                    fold_callbacks.append(("mlflow", MlflowEpochLogger(run, prefix=prefix)))
+                fold_callbacks += callbacks or []
+                net = _fold_net(task, setup, compute, train, valid, state.folds[fold] if state else None,
+                                fold_callbacks)
                 try:
                     net.partial_fit(train, y=None, epochs=task.epochs - task.start_epoch)
+                except TrialStopped:
+                    result.pruned_epoch = len(net.history)
                 finally:  # a failed fold counts what it trained too
                     result.images_processed += _images_trained(net.history, task.start_epoch)
                 curves.append(np.array(net.history[:, "valid_acc"], dtype=float))
+                if result.pruned_epoch:
+                    result.status = "pruned"
+                    break
                 if task.keep_state:
                     states.append(_pack(net))
             mean = np.mean(curves, axis=0)
@@ -240,18 +262,21 @@ def run_trial(task: Task, setup: TrialSetup, data: SearchData, tracking: Trackin
             log.warning("trial %s failed: %s", task.hp.label(), result.error)
         result.seconds = round(time.perf_counter() - start, 2)
         if run is not None:
-            run.log_metrics({"valid_acc_best": result.valid_acc if result.ok else None,
+            scored = result.status != "failed"
+            run.log_metrics({"valid_acc_best": result.valid_acc if scored else None,
                              "valid_acc_std": result.valid_acc_std if setup.cv >= 2 else None,
-                             "seconds": result.seconds, "images_processed": result.images_processed})
-            run.set_tags({"fmnist.trial_status": result.status, "fmnist.trial_error": result.error})
-            run.failed = not result.ok
+                             "seconds": result.seconds, "images_processed": result.images_processed,
+                             "pruned_epoch": result.pruned_epoch or None})
+            run.set_tags({"fmnist.trial_status": result.status, "fmnist.trial_error": result.error}
+                         | ({"fmnist.pruned_epoch": result.pruned_epoch} if result.pruned_epoch else {}))
+            run.failed = result.status == "failed"
     return result, TrialState(tuple(states)) if states else None
 
 
 def _open_run(stack: contextlib.ExitStack, task: Task, setup: TrialSetup, compute: Compute,
               tracking: TrackingTarget, n_threads: int):
     tracker = _tracker(tracking.uri, tracking.experiment)
-    name = f"r{task.round + 1} {task.hp.label()}"
+    name = task.name or f"r{task.round + 1} {task.hp.label()}"
     run = stack.enter_context(tracker.run(name, tags=tracking.tags, parent=tracking.parent_run_id))
     run.log_params({**task.hp.as_dict(), "round": task.round, "epochs": task.epochs, "start_epoch": task.start_epoch,
                     "train_images": task.samples, "cv": setup.cv, "torch_threads": n_threads,
