@@ -6,8 +6,9 @@
 
 Reads params ``evaluate.*``. Writes metrics JSON (for ``dvc metrics``), the predictions as
 ``actual,predicted`` class names (for DVC's ``confusion`` template), PNG plots, and a Markdown
-report that puts the metrics and plots of the run on one page. MLflow: its own
-run, and the test metrics also on the train run of the model it measured.
+report that puts the metrics and plots of the run on one page. MLflow: its own run (with system
+metrics while it predicts), the headline test metrics linked to the train run's logged model and
+the test dataset, and the test metrics also on the train run of the model it measured.
 """
 
 import csv
@@ -45,46 +46,53 @@ def main() -> None:
     train_run = tracker.find_run("fmnist.output.model", tags["fmnist.input.model"])
     if train_run:
         tags |= {"fmnist.train_run_id": train_run, "fmnist.pipeline": train_run}
+    model_id = tracker.logged_model(train_run) if train_run else None
 
-    compute = Compute.resolve(spec.precision)  # fp32 or bf16, as on this machine
-    start = time.perf_counter()
-    prob = predict_proba(module, images, spec.input_size, compute, eval_p.batch_size)
-    seconds = time.perf_counter() - start
-    pred = prob.argmax(axis=1)
-    class_precision, recall, f1, support = precision_recall_fscore_support(labels, pred, labels=range(10),
-                                                                           zero_division=0)
-    metrics = {
-        "test_accuracy": float((pred == labels).mean()),
-        "test_loss": float(log_loss(labels, np.clip(prob, 1e-7, 1), labels=range(10))),
-        "test_macro_f1": float(f1.mean()),
-        "per_class": {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-                      for name, p, r, f, s in zip(CLASS_NAMES, class_precision, recall, f1, support)},
-    }
-    write_json(args.metrics, _rounded(metrics))
-    with atomic_open(args.predictions) as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["actual", "predicted"])
-        writer.writerows((CLASS_NAMES[a], CLASS_NAMES[p]) for a, p in zip(labels, pred))
+    # the run spans the predicting, so that its system metrics show the machine at work
+    with tracker.run("evaluate", tags=tags, datasets={"test_images": Path(args.data) / "test_images.npy"},
+                     system_metrics=True) as run:
+        compute = Compute.resolve(spec.precision)  # fp32 or bf16, as on this machine
+        start = time.perf_counter()
+        prob = predict_proba(module, images, spec.input_size, compute, eval_p.batch_size)
+        seconds = time.perf_counter() - start
+        pred = prob.argmax(axis=1)
+        class_precision, recall, f1, support = precision_recall_fscore_support(labels, pred, labels=range(10),
+                                                                               zero_division=0)
+        metrics = {
+            "test_accuracy": float((pred == labels).mean()),
+            "test_loss": float(log_loss(labels, np.clip(prob, 1e-7, 1), labels=range(10))),
+            "test_macro_f1": float(f1.mean()),
+            "per_class": {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+                          for name, p, r, f, s in zip(CLASS_NAMES, class_precision, recall, f1, support)},
+        }
+        write_json(args.metrics, _rounded(metrics))
+        with atomic_open(args.predictions) as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(["actual", "predicted"])
+            writer.writerows((CLASS_NAMES[a], CLASS_NAMES[p]) for a, p in zip(labels, pred))
 
-    out = Path(args.plots)
-    cm = confusion_matrix(labels, pred, labels=range(10))
-    plots.confusion_matrix(cm, out / "confusion_matrix.png")
-    plots.training_curves(history, out / "curves.png")
-    wrong = np.flatnonzero(pred != labels)
-    worst = wrong[np.argsort(-prob[wrong, pred[wrong]], kind="stable")][:eval_p.n_misclassified]
-    plots.mistakes_grid(images[worst], labels[worst], pred[worst], prob[worst, pred[worst]],
-                        out / "mistakes.png")
-    about = (f"{spec.model_name} at {spec.input_size} px, {spec.head} head, dropout "
-             f"{spec.dropout:g}; predicted in {compute.precision} on {compute.device}")
-    write_report(args.report, metrics, history, [out / "curves.png", out / "confusion_matrix.png",
-                                                  out / "mistakes.png"], about)
+        out = Path(args.plots)
+        cm = confusion_matrix(labels, pred, labels=range(10))
+        plots.confusion_matrix(cm, out / "confusion_matrix.png")
+        plots.training_curves(history, out / "curves.png")
+        wrong = np.flatnonzero(pred != labels)
+        worst = wrong[np.argsort(-prob[wrong, pred[wrong]], kind="stable")][:eval_p.n_misclassified]
+        plots.mistakes_grid(images[worst], labels[worst], pred[worst], prob[worst, pred[worst]],
+                            out / "mistakes.png")
+        about = (f"{spec.model_name} at {spec.input_size} px, {spec.head} head, dropout "
+                 f"{spec.dropout:g}; predicted in {compute.precision} on {compute.device}")
+        write_report(args.report, metrics, history, [out / "curves.png", out / "confusion_matrix.png",
+                                                      out / "mistakes.png"], about)
 
-    flat = flatten(metrics)
-    with tracker.run("evaluate", tags=tags, datasets={"test_images": Path(args.data) / "test_images.npy"}) as run:
+        flat = flatten(metrics)
         run.log_params(flatten({"evaluate": to_dict(eval_p)}) | {"model": spec.model_name,
                                                                   "precision": compute.precision,
                                                                   "device": compute.device})
-        run.log_metrics(flat | {"eval_images_per_second": len(images) / seconds})
+        # the headline figures also on the logged model's page (model_id), with the data they come from
+        headline = {k: v for k, v in metrics.items() if isinstance(v, float)}
+        run.log_metrics(headline, model_id=model_id, dataset="test_images")
+        run.log_metrics({k: v for k, v in flat.items() if k not in headline}
+                        | {"eval_images_per_second": len(images) / seconds})
         for path in (args.metrics, args.predictions, args.report, out):
             run.log_artifact(path)
     if train_run:  # the test metrics sit with the model they measure

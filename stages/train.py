@@ -60,7 +60,8 @@ def main() -> None:
         hp.as_dict(), to_dict(train_p), to_dict(params.model), compute.precision, code_digests(__file__),
         tags["fmnist.input.train_images"], tags["fmnist.input.valid_images"]))
     datasets = {"train_images": data / "train_images.npy", "valid_images": data / "valid_images.npy"}
-    with tracker.run("train", tags=tags, datasets=datasets, resume=ckpt.run_to_resume(train_p.max_epochs)) as run:
+    with tracker.run("train", tags=tags, datasets=datasets, system_metrics=True,
+                     resume=ckpt.run_to_resume(train_p.max_epochs)) as run:
         ckpt.run_id = run.id
         run.log_params(flatten({"train": to_dict(train_p), "model": to_dict(params.model)})
                        | {f"used.{k}": v for k, v in hp.as_dict().items()}
@@ -82,11 +83,13 @@ def main() -> None:
         write_json(args.history, history)
         write_json(args.metrics, {"best_valid_acc": best["valid_acc"], "best_epoch": best["epoch"],
                                   "epochs": len(history), "precision": compute.precision, **hp.as_dict()})
-        run.log_metrics({"best_valid_acc": best["valid_acc"], "best_epoch": best["epoch"], "train_seconds": seconds,
+        run.log_metrics({"best_epoch": best["epoch"], "train_seconds": seconds,
                          "images_per_second": trained * len(train) / seconds if trained else 0.0})
-        log_trained_model(run, net.module_, spec, args.model, ckpt.best_path,
-                          files=(args.history, args.metrics, args.params),
-                          example=valid.images[:2].numpy(), registered_name=params.tracking.registered_model)
+        model = log_trained_model(run, net.module_, spec, args.model, ckpt.best_path,
+                                  files=(args.history, args.metrics, args.params), example=valid.images[:2].numpy(),
+                                  registered_name=params.tracking.registered_model, hyper_params=hp.as_dict())
+        # on the logged model's page too, with the data it was measured on
+        run.log_metrics({"best_valid_acc": best["valid_acc"]}, model_id=model.model_id, dataset="valid_images")
         write_run_id(args.run_id, run.id)
     ckpt.finish(len(history))  # logged above; a finished run is never resumed, so DVC need not cache it
     print(f"best valid_acc={best['valid_acc']:.4f} at epoch {best['epoch']} of {len(history)} "

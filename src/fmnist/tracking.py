@@ -32,6 +32,12 @@ STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 TAG = "fmnist"  # prefix of this project's tags
 CHAMPION = "champion"  # the registry alias of the best model so far, by test accuracy
+# MLflow samples CPU, memory, disk and network (GPU too, with nvidia-ml-py installed) on a thread
+# and logs them as ``system/*`` metrics. Every 5 s here, MLflow's default 10 s being longer than an
+# evaluate stage; its own environment variables rule: MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL sets
+# the interval, MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false turns the monitor off (true: on for
+# every run, the search trials too).
+SYSTEM_METRICS_INTERVAL_S = 5.0
 
 
 def tracking_uri(root: Path | None = None) -> str:
@@ -177,7 +183,8 @@ class Tracker:
 
     @contextlib.contextmanager
     def run(self, name: str, tags: dict[str, str] | None = None, parent: str | None = None,
-            datasets: dict[str, str | Path] | None = None, resume: str | None = None) -> Iterator["Run"]:
+            datasets: dict[str, str | Path] | None = None, system_metrics: bool = False,
+            resume: str | None = None) -> Iterator["Run"]:
         """Start a run; end it FINISHED, or FAILED when the body raises.
 
         A top-level run first resolves the runs of its stage (tag ``fmnist.stage``) that this
@@ -186,7 +193,9 @@ class Tracker:
         the others end KILLED. Every run is tagged with the host, pid and workspace that run it.
 
         ``datasets``: ``{name: file}`` the stage read, logged as the run's dataset inputs (the
-        UI's Datasets column) with DVC's checksum of the file as digest.
+        UI's Datasets column) with DVC's checksum of the file as digest. ``system_metrics``:
+        MLflow's system metrics monitor samples the machine while the run lasts (see
+        :data:`SYSTEM_METRICS_INTERVAL_S`), unless MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING says otherwise.
         """
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -205,11 +214,15 @@ class Tracker:
             run = Run(self, info.run_id)
         if datasets:
             run.log_datasets({k: (v, all_tags.get(f"{TAG}.input.{k}")) for k, v in datasets.items()})
+        monitor = (_start_system_metrics(info.run_id, self.uri, resumed=bool(resumed))
+                   if system_metrics_on(system_metrics) else None)
         try:
             yield run
         except BaseException:
+            _finish_system_metrics(monitor)
             _retry(self.client.set_terminated, info.run_id, "FAILED")
             raise
+        _finish_system_metrics(monitor)
         _retry(self.client.set_terminated, info.run_id, "FAILED" if run.failed else "FINISHED")
 
     def resolve_dead_runs(self, stage: str, resume: str | None = None) -> str | None:
@@ -256,6 +269,12 @@ class Tracker:
         log.warning("ending MLflow run %s as KILLED: %s", run_id, reason)
         _retry(self.client.log_batch, run_id, tags=[RunTag(f"{TAG}.killed_reason", reason)])
         _retry(self.client.set_terminated, run_id, "KILLED")
+
+    def logged_model(self, run_id: str) -> str | None:
+        """The id of the MLflow logged model that ``run_id`` produced (its model output), or None."""
+        outputs = _retry(self.client.get_run, run_id).outputs
+        models = outputs.model_outputs if outputs else []
+        return models[-1].model_id if models else None
 
     def link(self, tag: str, output_tag: str, digest: str) -> dict[str, str]:
         """``{tag: run id}`` of the run that wrote an input (its ``output_tag`` is the input's
@@ -317,6 +336,7 @@ class Run:
             self.logged_params = set(data.params)
             for key in data.metrics:
                 self.logged_steps |= {(key, m.step) for m in _retry(self.client.get_metric_history, run_id, key)}
+        self.datasets: dict[str, Any] = {}  # name -> the mlflow.entities.Dataset logged as an input
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -325,11 +345,16 @@ class Run:
         for i in range(0, len(items), 100):
             _retry(self.client.log_batch, self.id, params=items[i:i + 100])
 
-    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int = 0, model_id: str | None = None,
+                    dataset: str | None = None) -> None:
+        """``model_id``: the logged model the values measure (they show on its page); ``dataset``:
+        the name of this run's dataset input they were measured on."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
+        on = self.datasets[dataset] if dataset else None
+        items = [Metric(k, float(v), now, step, model_id=model_id, dataset_name=on and on.name,
+                        dataset_digest=on and on.digest) for k, v in metrics.items()
                  if v is not None and (k, step) not in self.logged_steps]
         if items:
             _retry(self.client.log_batch, self.id, metrics=items)
@@ -350,17 +375,17 @@ class Run:
     def log_datasets(self, datasets: dict[str, tuple[str | Path, str | None]]) -> None:
         """``{name: (file, digest or None)}`` as dataset inputs; the digest is the file's MD5,
         DVC's checksum of it. The context (training, validation, testing) comes from the name."""
-        from mlflow.data.meta_dataset import MetaDataset
-        from mlflow.data.sources import LocalArtifactDatasetSource
-        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.entities import Dataset, DatasetInput, InputTag
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
         inputs = []
         for name, (path, digest) in datasets.items():
-            dataset = MetaDataset(source=LocalArtifactDatasetSource(Path(path).as_posix()), name=name,
-                                  digest=digest or file_digest(path))
+            # MLflow's "local" source type, as mlflow.data's LocalArtifactDatasetSource records it
+            dataset = Dataset(name=name, digest=digest or file_digest(path), source_type="local",
+                              source=json.dumps({"uri": Path(path).as_posix()}))
             context = next((c for key, c in DATASET_CONTEXTS if key in name), "input")
-            inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
+            inputs.append(DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
+            self.datasets[name] = dataset
         _retry(self.client.log_inputs, self.id, datasets=inputs)
 
     def log_text(self, text: str, artifact_file: str) -> None:
@@ -457,3 +482,44 @@ def process_alive(tags: dict[str, str]) -> bool | None:
 
 
 DATASET_CONTEXTS = (("train", "training"), ("valid", "validation"), ("test", "testing"))
+
+
+def system_metrics_on(default: bool) -> bool:
+    """MLflow's own switch, MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING, when it is set; else ``default``."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING as switch
+
+    if not switch.is_set():
+        return default
+    try:
+        return switch.get()
+    except ValueError:
+        raise TrackingError(f"MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING={os.environ[switch.name]!r}: "
+                            f"use true or false") from None
+
+
+def _start_system_metrics(run_id: str, uri: str, resumed: bool = False):
+    """MLflow's system metrics monitor on ``run_id``, the one ``mlflow.start_run(log_system_metrics=
+    True)`` starts; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, when set, overrides the interval. A
+    continued run's figures go on after its last step, as when MLflow resumes a run."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, resume_logging=resumed,
+                                       tracking_uri=uri)
+    except ImportError as err:
+        raise TrackingError(f"system metrics need {err.name or 'psutil'} (make setup installs it), or set "
+                            f"MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false") from None
+    monitor.start()
+    return monitor
+
+
+def _finish_system_metrics(monitor) -> None:
+    """Stop the monitor, then log what it sampled since it last logged: the monitor logs only after
+    a whole interval, so a run shorter than one would otherwise end without figures."""
+    if monitor is None:
+        return
+    monitor.finish()
+    last = monitor.aggregate_metrics()
+    if last:
+        monitor.publish_metrics(last)
+        monitor.mlflow_logger.flush()
