@@ -2,25 +2,26 @@
 
     python stages/evaluate.py --data data/resized --model models/model.pt \
         --history results/train/history.json --metrics metrics/evaluate.json \
-        --predictions results/evaluate/predictions.csv --plots plots/evaluate --report results/report.md
+        --per-class metrics/per_class.json --predictions results/evaluate/predictions.csv \
+        --plots plots/evaluate --report results/report.md
 
-Reads params ``evaluate.*``. Writes metrics JSON (for ``dvc metrics``), the predictions as
-``actual,predicted`` class names (for DVC's ``confusion`` template), PNG plots, and a Markdown
-report that puts the metrics and plots of the run on one page. MLflow: its own run (with system
+Reads params ``evaluate.*``. Writes the headline metrics JSON (for ``dvc metrics`` and ``dvc exp
+show``) and the per-class scores in their own JSON, the predictions as ``actual,predicted`` class
+names (for DVC's ``confusion`` template), PNG plots, and a Markdown report that puts the metrics
+and plots of the run on one page. MLflow: its own run (with system
 metrics while it predicts), the headline test metrics linked to the train run's logged model and
 the test dataset, and the test metrics also on the train run of the model it measured.
 """
 
-import csv
 import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support
 
 from fmnist import plots, stage
-from fmnist.data import CLASS_NAMES, load_split
-from fmnist.files import atomic_open, read_json, write_json
+from fmnist.data import load_split
+from fmnist.files import read_json
+from fmnist.metrics import classification_scores, confusion, most_confident_mistakes, write_predictions, write_scores
 from fmnist.params import flatten, load_params, to_dict
 from fmnist.compute import Compute, seed_everything, set_threads
 from fmnist.predict import load_model, predict_proba
@@ -31,8 +32,8 @@ from fmnist.tracking import Run, Tracker, lineage_tags
 def main() -> None:
     args = stage.parser(__doc__, data="data/resized", model="models/model.pt",
                         history="results/train/history.json", metrics="metrics/evaluate.json",
-                        predictions="results/evaluate/predictions.csv", plots="plots/evaluate",
-                        report="results/report.md").parse_args()
+                        per_class="metrics/per_class.json", predictions="results/evaluate/predictions.csv",
+                        plots="plots/evaluate", report="results/report.md").parse_args()
     params = load_params(args.params)
     eval_p = params.evaluate
     seed_everything(0)
@@ -56,33 +57,14 @@ def main() -> None:
         prob = predict_proba(module, images, spec.input_size, compute, eval_p.batch_size)
         seconds = time.perf_counter() - start
         pred = prob.argmax(axis=1)
-        class_precision, recall, f1, support = precision_recall_fscore_support(labels, pred, labels=range(10),
-                                                                               zero_division=0)
-        metrics = {
-            "test_accuracy": float((pred == labels).mean()),
-            "test_loss": float(log_loss(labels, np.clip(prob, 1e-7, 1), labels=range(10))),
-            "test_macro_f1": float(f1.mean()),
-            "per_class": {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-                          for name, p, r, f, s in zip(CLASS_NAMES, class_precision, recall, f1, support)},
-        }
-        write_json(args.metrics, _rounded(metrics))
-        with atomic_open(args.predictions) as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(["actual", "predicted"])
-            writer.writerows((CLASS_NAMES[a], CLASS_NAMES[p]) for a, p in zip(labels, pred))
-
+        metrics = classification_scores(labels, prob)
+        write_scores(metrics, args.metrics, args.per_class)
+        write_predictions(args.predictions, labels, pred)
         out = Path(args.plots)
-        cm = confusion_matrix(labels, pred, labels=range(10))
-        plots.confusion_matrix(cm, out / "confusion_matrix.png")
-        plots.training_curves(history, out / "curves.png")
-        wrong = np.flatnonzero(pred != labels)
-        worst = wrong[np.argsort(-prob[wrong, pred[wrong]], kind="stable")][:eval_p.n_misclassified]
-        plots.mistakes_grid(images[worst], labels[worst], pred[worst], prob[worst, pred[worst]],
-                            out / "mistakes.png")
+        figures = _figures(out, images, labels, prob, history, eval_p.n_misclassified)
         about = (f"{spec.model_name} at {spec.input_size} px, {spec.head} head, dropout "
                  f"{spec.dropout:g}; predicted in {compute.precision} on {compute.device}")
-        write_report(args.report, metrics, history, [out / "curves.png", out / "confusion_matrix.png",
-                                                      out / "mistakes.png"], about)
+        write_report(args.report, metrics, history, figures, about)
 
         flat = flatten(metrics)
         run.log_params(flatten({"evaluate": to_dict(eval_p)}) | {"model": spec.model_name,
@@ -93,7 +75,7 @@ def main() -> None:
         run.log_metrics(headline, model_id=model_id, dataset="test_images")
         run.log_metrics({k: v for k, v in flat.items() if k not in headline}
                         | {"eval_images_per_second": len(images) / seconds})
-        for path in (args.metrics, args.predictions, args.report, out):
+        for path in (args.metrics, args.per_class, args.predictions, args.report, out):
             run.log_artifact(path)
     if train_run:  # the test metrics sit with the model they measure
         on_train = Run(tracker, train_run)
@@ -102,16 +84,19 @@ def main() -> None:
         promoted = tracker.promote(train_run, "test_accuracy", metrics["test_accuracy"])
         if promoted:
             print(promoted)
-    print(f"test accuracy {metrics['test_accuracy']:.4f} ({len(wrong)} mistakes of {len(labels)}); "
-          f"predicted {len(images) / seconds:.0f} images/s")
+    print(f"test accuracy {metrics['test_accuracy']:.4f} ({int((pred != labels).sum())} mistakes of "
+          f"{len(labels)}); predicted {len(images) / seconds:.0f} images/s")
 
 
-def _rounded(obj):
-    if isinstance(obj, float):
-        return round(obj, 6)
-    if isinstance(obj, dict):
-        return {k: _rounded(v) for k, v in obj.items()}
-    return obj
+def _figures(out: Path, images: np.ndarray, labels: np.ndarray, prob: np.ndarray, history: list[dict],
+             n_mistakes: int) -> list[Path]:
+    """The training curves, the confusion matrix and the most confident mistakes, as PNGs in ``out``."""
+    pred = prob.argmax(axis=1)
+    plots.confusion_matrix(confusion(labels, pred), out / "confusion_matrix.png")
+    plots.training_curves(history, out / "curves.png")
+    worst = most_confident_mistakes(labels, prob, n_mistakes)
+    plots.mistakes_grid(images[worst], labels[worst], pred[worst], prob[worst, pred[worst]], out / "mistakes.png")
+    return [out / "curves.png", out / "confusion_matrix.png", out / "mistakes.png"]
 
 
 if __name__ == "__main__":

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
 
-from helpers import ROOT
+from helpers import ROOT, env_for
 
 PACKAGE = ROOT / "src" / "fmnist"
 
@@ -79,3 +82,35 @@ def test_serving_depends_on_compute_model_and_data_only():
         assert not closure & {"src/fmnist/training.py", "src/fmnist/checkpoint.py"}, module
         third_party = set().union(*(imported(ROOT / path) for path in closure | {f"src/fmnist/{module}"}))
         assert not {n for n in third_party if n.split(".")[0] == "skorch"}, module
+
+
+def test_per_class_scores_stay_out_of_the_experiments_table_but_at_hand(tmp_path):
+    """evaluate's two score files declared as in dvc.yaml, written by a stand-in command and run by
+    real DVC: `dvc exp show` has the headline column only, `dvc metrics show FILE` the per-class ones."""
+    evaluate = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["evaluate"]
+    files = {"metrics/evaluate.json": {"test_accuracy": 0.9},
+             "metrics/per_class.json": {"per_class": {"Bag": {"f1": 0.98}}}}
+    declared = {section: [entry for entry in evaluate.get(section, [])
+                          if (next(iter(entry)) if isinstance(entry, dict) else entry) in files]
+                for section in ("outs", "metrics", "plots")}
+    assert sum(len(entries) for entries in declared.values()) == 2, declared
+    write = "; ".join(f"json.dump({content!r}, open({path!r}, 'w'))" for path, content in files.items())
+    stage = {"cmd": f'{sys.executable} -c "import json; {write}"', **{k: v for k, v in declared.items() if v}}
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"evaluate": stage}}))
+    env = env_for(tmp_path)
+
+    def run(*cmd: str) -> str:
+        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout
+
+    run("git", "init", "-q")
+    run("dvc", "init", "-q")
+    run("dvc", "repro", "-q")
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "evaluate")
+    table = json.loads(run("dvc", "exp", "show", "--json"))
+    assert table[0]["data"]["metrics"] == {"metrics/evaluate.json": {"data": {"test_accuracy": 0.9}}}
+    assert json.loads(run("dvc", "metrics", "show", "--json"))[""]["data"] == {
+        "metrics/evaluate.json": {"data": {"test_accuracy": 0.9}}}
+    asked = json.loads(run("dvc", "metrics", "show", "--json", "metrics/per_class.json"))
+    assert asked[""]["data"]["metrics/per_class.json"]["data"] == {"per_class": {"Bag": {"f1": 0.98}}}

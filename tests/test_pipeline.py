@@ -39,8 +39,11 @@ def test_first_repro_runs_every_stage_and_writes_the_outputs(pipeline):
 
     metrics = json.loads((repo / "metrics/evaluate.json").read_text())
     assert 0.3 < metrics["test_accuracy"] <= 1.0  # 1000 images, 2 epochs: well above chance
-    assert set(metrics["per_class"]) == {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
-                                         "Shirt", "Sneaker", "Bag", "Ankle boot"}
+    assert set(metrics) == {"test_accuracy", "test_loss", "test_macro_f1"}  # the experiments table's columns
+    per_class = json.loads((repo / "metrics/per_class.json").read_text())["per_class"]
+    assert set(per_class) == {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                              "Bag", "Ankle boot"}
+    assert sum(row["support"] for row in per_class.values()) == 10_000
     with open(repo / "results/evaluate/predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 10_000 and set(rows[0]) == {"actual", "predicted"}
