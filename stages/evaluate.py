@@ -24,6 +24,7 @@ from fmnist.files import read_json
 from fmnist.metrics import classification_scores, confusion, most_confident_mistakes, write_predictions, write_scores
 from fmnist.params import flatten, load_params, to_dict
 from fmnist.compute import Compute, seed_everything, set_threads
+from fmnist.conv import plan_of
 from fmnist.predict import load_model, predict_proba
 from fmnist.report import write_report
 from fmnist.tracking import Run, Tracker, lineage_tags
@@ -56,6 +57,9 @@ def main() -> None:
         start = time.perf_counter()
         prob = predict_proba(module, images, spec.input_size, compute, eval_p.batch_size)
         seconds = time.perf_counter() - start
+        plan = plan_of(module)
+        print(plan.describe())
+        run.log_params(plan.as_params())
         pred = prob.argmax(axis=1)
         metrics = classification_scores(labels, prob)
         write_scores(metrics, args.metrics, args.per_class)
