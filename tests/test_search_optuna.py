@@ -94,16 +94,16 @@ def label(row: dict) -> str:
 def test_dvc_repro_prunes_records_and_reruns_bit_for_bit(tmp_path, data_source):
     repo = make_repo(tmp_path / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    subset = params["search"]["subset"]
+    subset = 150  # of the tiny profile's 1000 training images: a loaded 2-core machine trains it in minutes
     # Successive halving prunes from the first epoch on: with 3 epochs and factor 3, a trial goes
     # on past epoch 1 only when it is in the best third of those that reached it.
-    params["search"].update(strategy="optuna", epochs=EPOCHS, factor=3,
+    params["search"].update(strategy="optuna", epochs=EPOCHS, factor=3, subset=subset,
                             optuna={"batch_size": [32], "pruner": "halving", "startup_trials": 3,
                                     "budget": 6 * EPOCHS * subset})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(repo, "git", "commit", "-qam", "search with optuna")
 
-    first = sh(repo, "dvc", "repro", "search")
+    first = sh(repo, "dvc", "repro", "search", timeout=STAGE_TIMEOUT * 2)
     assert ran_stages(first.stdout) == {"download", "split", "resize", "search"}
     assert "new Optuna study fmnist-search-" in first.stdout
     rows = trials(repo)
@@ -148,7 +148,7 @@ def test_dvc_repro_prunes_records_and_reruns_bit_for_bit(tmp_path, data_source):
     # A forced rerun: the study had spent its budget, so it starts afresh and gives the same bytes.
     outs = {p: (repo / p).read_bytes() for p in ("results/search/trials.json", "results/search/best_params.json",
                                                   "plots/search.png")}
-    again = sh(repo, "dvc", "repro", "-f", "search")
+    again = sh(repo, "dvc", "repro", "-f", "-s", "search", timeout=STAGE_TIMEOUT * 2)
     assert ran_stages(again.stdout) == {"search"}
     assert "had spent its budget" in again.stdout and "starting it afresh" in again.stdout
     for path, before in outs.items():

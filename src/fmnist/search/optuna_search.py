@@ -118,7 +118,8 @@ class ReportToTrial(Callback):
         epoch = len(net.history)
         self.trial.report(float(net.history[-1, "valid_acc"]), epoch)
         self.trial.set_user_attr(IMAGES_ATTR, epoch * self.images_per_epoch)
-        if self.trial.should_prune():
+        # A rung of the pruner may fall on the last epoch; a trial that trained every epoch is complete.
+        if epoch < net.max_epochs and self.trial.should_prune():
             raise TrialStopped(f"pruned after epoch {epoch}")
 
 
