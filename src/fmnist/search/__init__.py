@@ -1,4 +1,4 @@
-"""Hyper-parameter search over lr, batch_size and dropout: full grid or successive halving.
+"""Hyper-parameter search over lr, batch_size and dropout: full grid, successive halving or Optuna.
 
 Strategies. ``grid`` trains every combination for the full budget. ``halving`` is successive
 halving with scikit-learn's ``HalvingGridSearchCV`` schedule: round i runs ceil(n / factor**i)
@@ -24,8 +24,15 @@ in an order that depends on the number of threads).
 Failures. A trial that raises or diverges is recorded as failed with its reason, and the search
 goes on without it; only when every trial failed does :func:`best_trial` raise.
 
+Optuna. ``optuna`` samples ranges instead of a grid (TPE, reseeded per trial), prunes trials from
+their per-epoch validation accuracy, and spends a budget of training images; its study outlives
+the process, so a killed search goes on and several workers or teammates share it.
+
 Modules, one job each: :mod:`~fmnist.search.schedule` (which trials run in which round, pure),
 :mod:`~fmnist.search.trial` (one trial, on whichever worker runs it),
-:mod:`~fmnist.search.executors` (local processes or a Dask cluster) and
-:mod:`~fmnist.search.rounds` (running the rounds and ranking the results).
+:mod:`~fmnist.search.executors` (local processes or a Dask cluster),
+:mod:`~fmnist.search.rounds` (running the rounds and ranking the results),
+:mod:`~fmnist.search.study` (where an Optuna study lives, its name, its budget),
+:mod:`~fmnist.search.optuna_search` (the Optuna workers' loop) and
+:mod:`~fmnist.search.optuna_views` (Optuna's plots of a study).
 """
