@@ -88,11 +88,11 @@ def net_for(params: dict, valid, max_epochs: int = 1, callbacks: list | None = N
     hp = HyperParams(lr=t["lr"], batch_size=t["batch_size"], dropout=t["dropout"])
     spec = ModelSpec("AlexNet", SIZE, hp.dropout, params["model"]["head"], params["model"]["lrn"],
                      params["model"]["precision"])
-    from fmnist.training import build_net
+    from fmnist.training import FitSettings, build_net
 
     compute = Compute.resolve(spec.precision)
-    return build_net(spec, hp, compute, max_epochs=max_epochs, patience=max_epochs, seed=t["seed"], valid=valid,
-                     extra_callbacks=callbacks), compute
+    settings = FitSettings(max_epochs=max_epochs, patience=max_epochs, seed=t["seed"])
+    return build_net(spec, hp, compute, settings, valid, extra_callbacks=callbacks), compute
 
 
 def child_cost(raw: str, profile: str, n: int) -> dict:

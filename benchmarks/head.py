@@ -26,7 +26,7 @@ def main() -> None:
     from fmnist.model import ModelSpec
     from fmnist.params import load_params
     from fmnist.predict import predict_proba
-    from fmnist.training import build_net
+    from fmnist.training import FitSettings, build_net
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=55_000)
@@ -48,8 +48,8 @@ def main() -> None:
         seed_everything(t.seed)
         set_threads(t.threads)
         spec = ModelSpec("AlexNetSmall", train.size, t.dropout, head, lrn=False, precision=params.model.precision)
-        net = build_net(spec, t.hyper_params(), compute, max_epochs=args.epochs, patience=args.epochs + 1,
-                        seed=t.seed, valid=valid)
+        net = build_net(spec, t.hyper_params(), compute,
+                        FitSettings(max_epochs=args.epochs, patience=args.epochs + 1, seed=t.seed), valid)
         start = time.perf_counter()
         net.fit(train, y=None)
         pred = predict_proba(net.module_.eval(), test_images, train.size, compute).argmax(axis=1)

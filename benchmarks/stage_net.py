@@ -23,7 +23,7 @@ def stage_net(precision: str = "", n_batches: int = 8, tune_malloc: bool = True)
     from fmnist.compute import Compute, seed_everything, set_threads
     from fmnist.model import ModelSpec
     from fmnist.params import load_params
-    from fmnist.training import build_net
+    from fmnist.training import FitSettings, build_net
 
     params = load_params(ROOT / "params.yaml")
     t, size = params.train, params.resize.size
@@ -35,8 +35,8 @@ def stage_net(precision: str = "", n_batches: int = 8, tune_malloc: bool = True)
     n = t.batch_size * n_batches
     train = ImageSet(rng.integers(0, 256, (n, size, size), dtype=np.uint8), rng.integers(0, 10, n))
     compute = Compute.resolve(precision or params.model.precision, "cpu")
-    net = build_net(ModelSpec.of(params.model, size, t.dropout), t.hyper_params(), compute, max_epochs=1,
-                    patience=1, seed=t.seed, valid=train)
+    net = build_net(ModelSpec.of(params.model, size, t.dropout), t.hyper_params(), compute,
+                    FitSettings(max_epochs=1, patience=1, seed=t.seed), valid=train)
     net.initialize()
     batches = list(net.get_iterator(train, training=True))
     return net, batches, (f"{params.model.name} at {size} px, batch {t.batch_size}, {compute.precision}, "

@@ -193,7 +193,7 @@ def variant_pipeline(n_train: int, n_valid: int, epochs: int, precision: str = "
     from fmnist.model import ModelSpec
     from fmnist.params import load_params
     from fmnist.tracking import Tracker
-    from fmnist.training import MlflowEpochLogger, build_net, fit
+    from fmnist.training import FitSettings, MlflowEpochLogger, build_net, fit
 
     params = load_params(ROOT / "params.yaml")
     tune_malloc_for(params.resize.size)  # as the stage
@@ -209,8 +209,8 @@ def variant_pipeline(n_train: int, n_valid: int, epochs: int, precision: str = "
         with tracker.run("benchmark") as run:
             ckpt = EpochCheckpoint(Path(tmp) / "ckpt", "benchmark")
             net = build_net(ModelSpec.of(params.model, params.resize.size, t.dropout), t.hyper_params(), compute,
-                            max_epochs=epochs, patience=t.patience, seed=t.seed, valid=valid, augment=t.augment,
-                            progress_bar=t.progress_bar,
+                            FitSettings(max_epochs=epochs, patience=t.patience, seed=t.seed, augment=t.augment,
+                                        progress_bar=t.progress_bar), valid,
                             extra_callbacks=[("checkpoint", ckpt), ("mlflow", MlflowEpochLogger(run))])
             net.initialize()  # the one-off start-up outside the timer (module docstring); fit initializes anew
             start = time.perf_counter()
@@ -335,7 +335,7 @@ def variant_train227(n: int, folder: str) -> dict:
     from fmnist.data import load_split
     from fmnist.model import ModelSpec
     from fmnist.params import HyperParams, load_params
-    from fmnist.training import build_net
+    from fmnist.training import FitSettings, build_net
 
     base = peak_rss_mb()
     train = ImageSet(*load_split(folder, "train"))
@@ -344,7 +344,7 @@ def variant_train227(n: int, folder: str) -> dict:
     torch.manual_seed(0)
     compute = Compute.resolve(load_params(ROOT / "params.yaml").model.precision, DEVICE)
     net = build_net(ModelSpec("AlexNet", 227, 0.5), HyperParams(lr=1e-4, batch_size=64, dropout=0.5), compute,
-                    max_epochs=1, patience=2, seed=0, valid=valid)
+                    FitSettings(max_epochs=1, patience=2, seed=0), valid)
     net.initialize()
     start = time.perf_counter()
     net.fit(train, y=None)

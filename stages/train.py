@@ -27,7 +27,7 @@ from fmnist.params import HyperParams, flatten, load_params, to_dict
 from fmnist.predict import save_model
 from fmnist.pyfunc import log_trained_model
 from fmnist.tracking import Tracker, lineage_tags, write_run_id
-from fmnist.training import MlflowEpochLogger, build_net, epoch_history, fit
+from fmnist.training import FitSettings, MlflowEpochLogger, build_net, epoch_history, fit
 
 
 def main() -> None:
@@ -68,8 +68,7 @@ def main() -> None:
                        | {"input_size": train.size, "train_images": len(train), "threads": threads,
                           "precision": compute.precision, "device": compute.device})
         logger = MlflowEpochLogger(run)
-        net = build_net(spec, hp, compute, max_epochs=train_p.max_epochs, patience=train_p.patience,
-                        seed=train_p.seed, valid=valid, augment=train_p.augment, progress_bar=train_p.progress_bar,
+        net = build_net(spec, hp, compute, FitSettings.of(train_p), valid,
                         extra_callbacks=[("checkpoint", ckpt), ("mlflow", logger)])
         start = time.perf_counter()
         trained = fit(net, train, ckpt, on_resume=logger.log_history, seed=train_p.seed)

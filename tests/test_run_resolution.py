@@ -215,7 +215,7 @@ def test_the_checkpoint_names_its_run_while_training_can_resume(tmp_path):
     from fmnist.compute import Compute, seed_everything
     from fmnist.model import ModelSpec
     from fmnist.params import HyperParams
-    from fmnist.training import build_net
+    from fmnist.training import FitSettings, build_net
 
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 255, (84, 67, 67), dtype=np.uint8), np.arange(84) % 10
@@ -223,7 +223,7 @@ def test_the_checkpoint_names_its_run_while_training_can_resume(tmp_path):
     seed_everything(7)
     ckpt = EpochCheckpoint(tmp_path, "fp", run_id="run-1")
     net = build_net(ModelSpec("AlexNetSmall", 67, 0.5), HyperParams(lr=1e-3, batch_size=32, dropout=0.5),
-                    Compute("cpu", "fp32"), max_epochs=2, patience=5, seed=7, valid=valid,
+                    Compute("cpu", "fp32"), FitSettings(max_epochs=2, patience=5, seed=7), valid,
                     extra_callbacks=[("checkpoint", ckpt)])
     net.initialize()
     real_on_epoch_end = ckpt.on_epoch_end

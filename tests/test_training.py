@@ -18,7 +18,7 @@ from fmnist.conv import CONV_IMPLEMENTATIONS, plan_model
 from fmnist.model import AlexNetSmall, ModelSpec
 from fmnist.params import HyperParams
 from fmnist.predict import inference_module, predict_proba
-from fmnist.training import build_net, cosine_factor, fit
+from fmnist.training import FitSettings, build_net, cosine_factor, fit
 
 
 def tiny_sets(n_train=96, n_valid=40, size=67):
@@ -50,6 +50,26 @@ def test_augment_keeps_shape_and_flips():
     assert (right > 0).any() and (right == 0).any()  # some flipped, some not
 
 
+def test_fit_settings_of_the_train_section_reach_the_net():
+    import yaml
+
+    from conftest import ROOT
+    from fmnist.params import parse_params
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["train"].update(max_epochs=7, patience=2, seed=11, augment=True, progress_bar=False)
+    settings = FitSettings.of(parse_params(raw).train)
+    assert settings == FitSettings(max_epochs=7, patience=2, seed=11, augment=True, progress_bar=False)
+    valid = ImageSet(np.zeros((4, 67, 67), np.uint8), np.arange(4))
+    net = build_net(ModelSpec("AlexNetSmall", 67, 0.5), HyperParams(lr=1e-3, batch_size=2, dropout=0.5),
+                    Compute("cpu", "fp32"), settings, valid)
+    callbacks = dict(net.callbacks)
+    assert net.max_epochs == 7 and net.iterator_train__augment is True and net.verbose == 0
+    assert callbacks["early_stopping"].patience == 2 and callbacks["seed_each_epoch"].seed == 11
+    assert "progress_bar" not in callbacks
+    assert callbacks["lr_scheduler"].kwargs["lr_lambda"].keywords == {"total": 7}
+
+
 def test_cosine_factor_closed_form():
     assert cosine_factor(0, 8) == 1.0
     assert cosine_factor(4, 8) == pytest.approx(0.5)
@@ -58,7 +78,7 @@ def test_cosine_factor_closed_form():
 
 def make_net(valid, checkpoint=None, epochs=3, precision="fp32"):
     return build_net(ModelSpec("AlexNetSmall", 67, 0.5), HyperParams(lr=1e-3, batch_size=32, dropout=0.5),
-                     Compute("cpu", precision), max_epochs=epochs, patience=5, seed=7, valid=valid,
+                     Compute("cpu", precision), FitSettings(max_epochs=epochs, patience=5, seed=7), valid,
                      extra_callbacks=[("checkpoint", checkpoint)] if checkpoint else [])
 
 
@@ -252,6 +272,7 @@ def test_fp32_predicts_on_fmnist_convs_implementations_where_planned_else_frozen
     fp32 = Compute("cpu", "fp32")
     fast, plain = AlexNetSmall().eval(), AlexNetSmall().eval()
     plain.load_state_dict(fast.state_dict())
+    plan_model(plain, fp32, 67, "pytorch")
     assert inference_module(fast, fp32, 67) is fast
     assert isinstance(inference_module(plain, fp32, 67), torch.jit.ScriptModule)
     images = np.random.default_rng(0).integers(0, 256, (300, 67, 67), dtype=np.uint8)
@@ -272,7 +293,6 @@ def test_training_steps_hand_on_their_predictions_without_the_graph():
     from fmnist.training import Classifier
 
     net = Classifier(AlexNetSmall, max_epochs=1, batch_size=4, train_split=None, optimizer=torch.optim.Adam,
-    plan_model(plain, fp32, 67, "pytorch")
                      verbose=0).initialize()
     net.module_.train()
     step = net.train_step_single((torch.rand(4, 1, 67, 67), torch.randint(0, 10, (4,))))

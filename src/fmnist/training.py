@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
@@ -22,9 +23,9 @@ from torch.optim.lr_scheduler import LambdaLR
 from fmnist.batches import BatchIterator, ImageSet
 from fmnist.checkpoint import EpochCheckpoint
 from fmnist.compute import Compute, seed_everything
-from fmnist.model import N_CLASSES, ModelSpec
 from fmnist.conv import Plan, plan_model, set_plan
-from fmnist.params import HyperParams
+from fmnist.model import N_CLASSES, ModelSpec
+from fmnist.params import HyperParams, TrainParams
 
 log = logging.getLogger(__name__)
 
@@ -95,23 +96,23 @@ class Classifier(NeuralNetClassifier):
 
     bf16 is autocast around the forward pass only: the logits come back as fp32, so the loss,
     the scores and the predicted probabilities are computed in fp32, and Adam updates fp32 weights.
-    """
     The module's convolutions compute by ``plan`` (:mod:`fmnist.conv`; none: planned here, auto).
+    """
 
     def __init__(self, module, *args, compute: Compute = Compute("cpu", "fp32"), plan: Plan | None = None,
                  **kwargs):
         super().__init__(module, *args, device=compute.device, **kwargs)
         self.compute = compute
-
         self.plan = plan
+
     def initialize_module(self):
         super().initialize_module()
         self.compute.layout(self.module_)
-        return self
         if self.plan is None:
             plan_model(self.module_, self.compute, self.module_.input_size)
         else:
             set_plan(self.module_, self.plan)
+        return self
 
     def infer(self, x, **fit_params):
         with self.compute.autocast():
@@ -131,25 +132,43 @@ class Classifier(NeuralNetClassifier):
         return step
 
 
-def build_net(spec: ModelSpec, hp: HyperParams, compute: Compute, *, max_epochs: int, patience: int, seed: int,
-              valid: ImageSet, augment: bool = False, progress_bar: bool = False,
+@dataclass(frozen=True)
+class FitSettings:
+    """How a net trains, apart from its hyper-parameters: the train section's settings
+    (:meth:`of`), or a search trial's (no early stopping, no augmentation, no progress bar)."""
+
+    max_epochs: int
+    patience: int  # epochs without a better valid_acc before early stopping
+    seed: int
+    augment: bool = False
+    progress_bar: bool = False
+
+    @classmethod
+    def of(cls, train: TrainParams) -> FitSettings:
+        return cls(max_epochs=train.max_epochs, patience=train.patience, seed=train.seed, augment=train.augment,
+                   progress_bar=train.progress_bar)
+
+
+def build_net(spec: ModelSpec, hp: HyperParams, compute: Compute, settings: FitSettings, valid: ImageSet,
               extra_callbacks: list | None = None) -> Classifier:
     """The seed's skorch ``NeuralNetClassifier`` with its callbacks, made resumable and fast.
 
     ``spec`` is the module to build (its dropout is ``hp.dropout``), ``hp`` the learning rate and
-    batch size, ``compute`` where and in which precision it runs. Callbacks: progress bar
-    (optional), cosine LR per epoch, early stopping on ``valid_acc``, train accuracy (from the
-    cached training predictions, no extra pass), per-epoch reseeding.
+    batch size, ``compute`` where and in which precision it runs, ``settings`` how long and how it
+    trains, ``valid`` what it is scored on after each epoch. Callbacks: progress bar (optional),
+    cosine LR per epoch, early stopping on ``valid_acc``, train accuracy (from the cached training
+    predictions, no extra pass), per-epoch reseeding.
     """
+    max_epochs = settings.max_epochs
     callbacks: list = [
-        ("seed_each_epoch", SeedEachEpoch(seed)),
+        ("seed_each_epoch", SeedEachEpoch(settings.seed)),
         ("train_acc", EpochScoring("accuracy", name="train_acc", on_train=True, lower_is_better=False)),
         ("lr_scheduler", LRScheduler(policy=LambdaLR, lr_lambda=partial(cosine_factor, total=max_epochs),
                                      event_name="lr")),
         ("early_stopping", ResumableEarlyStopping(monitor="valid_acc", lower_is_better=False,
-                                                  patience=patience)),
+                                                  patience=settings.patience)),
     ]
-    if progress_bar:
+    if settings.progress_bar:
         callbacks.insert(0, ("progress_bar", ProgressBar()))
     callbacks.extend(extra_callbacks or [])
     return Classifier(
@@ -166,12 +185,13 @@ def build_net(spec: ModelSpec, hp: HyperParams, compute: Compute, *, max_epochs:
         train_split=predefined_split(valid),
         iterator_train=BatchIterator,
         iterator_train__shuffle=True,
-        iterator_train__augment=augment,
+        iterator_train__augment=settings.augment,
         iterator_valid=BatchIterator,
         callbacks=callbacks,
         classes=list(range(N_CLASSES)),
-        verbose=1 if progress_bar else 0,
+        verbose=1 if settings.progress_bar else 0,
         compute=compute,
+        plan=spec.conv_plan(compute),
     )
 
 
@@ -191,7 +211,6 @@ def fit(net: NeuralNetClassifier, train: ImageSet, checkpoint: EpochCheckpoint |
     A checkpoint of a run that had finished (all epochs, or stopped early) is not resumed: that
     is a forced rerun, and it trains from scratch, seeded as a fresh process would be; so does a
     checkpoint that was ignored (made by other params, data or code, or unreadable).
-        plan=spec.conv_plan(compute),
     Returns the number of epochs this call trained. With a checkpoint, the best weights are
     loaded at the end (skorch's ``Checkpoint(load_best=True)``, but resumable and atomic).
     """

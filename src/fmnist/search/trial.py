@@ -26,7 +26,7 @@ from fmnist.compute import Compute, seed_everything
 from fmnist.model import ModelSpec
 from fmnist.params import HyperParams, ModelParams
 from fmnist.search.schedule import Task
-from fmnist.training import MlflowEpochLogger, build_net
+from fmnist.training import FitSettings, MlflowEpochLogger, build_net
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +175,8 @@ def _fold_net(task: Task, setup: TrialSetup, compute: Compute, train: ImageSet, 
               state: bytes | None, callbacks: list):
     """The fold's net, seeded from the search seed, fresh or at the epoch ``state`` reached."""
     seed_everything(setup.seed)
-    net = build_net(ModelSpec.of(setup.model, train.size, task.hp.dropout), task.hp, compute,
-                    max_epochs=setup.epochs, patience=setup.epochs + 1, seed=setup.seed, valid=valid,
+    settings = FitSettings(max_epochs=setup.epochs, patience=setup.epochs + 1, seed=setup.seed)  # no early stop
+    net = build_net(ModelSpec.of(setup.model, train.size, task.hp.dropout), task.hp, compute, settings, valid,
                     extra_callbacks=[("divergence", StopOnDivergence()), *callbacks])
     net.initialize()
     if state is not None:
