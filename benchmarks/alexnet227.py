@@ -1,4 +1,4 @@
-"""AlexNet at 227 px on this machine: cost per image, what a profile's run costs, peak memory.
+"""What does AlexNet at 227 px cost on this machine: time per image, a profile's whole run, peak memory?
 
     python benchmarks/alexnet227.py cost [--images 512] [--profile alexnet227]
     python benchmarks/alexnet227.py memory [--batches 40] [--work DIR]
@@ -27,19 +27,15 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from common import ROOT, child_main, run_child
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 RAW = "/usr/share/datasets/fashion-mnist"
 SIZE = 227
 VALID = 5000  # the split stage's default holdout
@@ -59,10 +55,6 @@ def raw_arrays(folder: str | Path) -> dict[str, np.ndarray]:
         verify(content, idx, str(path))
         out[key] = np.frombuffer(content, np.uint8, offset=4 + 4 * len(idx.shape)).reshape(idx.shape)
     return out
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def rss_mb() -> float:
@@ -148,7 +140,7 @@ def stage_seconds(params: dict, rate: dict) -> dict[str, float]:
 
 
 def cost(args) -> None:
-    rate = run_child("cost", args.raw, args.profile, args.images)
+    rate = run_child(__file__, "cost", args.raw, args.profile, args.images)
     load = os.getloadavg()[0]
     print(f"AlexNet at 227 px, {rate['device']} ({rate['threads']} threads), {rate['precision']}, "
           f"batch {rate['batch_size']}; {args.images} images each; load average {load:.1f} at the end")
@@ -245,7 +237,7 @@ def memory(args) -> None:
           + ", ".join(f"{p.name} {p.stat().st_size / 2**30:.2f} GiB" for p in sorted(work.glob("*_images.npy"))))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # malloc's defaults
     for mode in ("defaults", "fixed"):
-        r = run_child("memory", str(work), args.batches, mode, args.profile, env=env)
+        r = run_child(__file__, "memory", str(work), args.batches, mode, args.profile, env=env)
         label = "glibc malloc defaults" if mode == "defaults" else (
             "the train stage's fix, mmap threshold 1 MiB" + ("" if r["fixed"] else " (NOT SET: not glibc?)"))
         print(f"\n{label} [{r['precision']}, batch {r['batch_size']}, {r['train_per_s']:.0f} images/s]:")
@@ -261,15 +253,6 @@ def memory(args) -> None:
 CHILDREN = {"cost": child_cost, "memory": child_memory}
 
 
-def run_child(name: str, *args, env: dict | None = None) -> dict:
-    """One measurement in a fresh process, so that its peak memory is its own."""
-    out = subprocess.run([sys.executable, __file__, "--child", name, *map(str, args)], capture_output=True,
-                         text=True, cwd=ROOT, env=env)
-    if out.returncode != 0:
-        sys.exit(f"error: {name} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", nargs="?", choices=("cost", "memory"))
@@ -281,10 +264,7 @@ def main() -> None:
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        name, *rest = args.child
-        result = CHILDREN[name](*(int(a) if a.isdigit() else a for a in rest))
-        result["peak_mb"] = peak_rss_mb()
-        print(json.dumps(result))
+        child_main(CHILDREN, args.child)
         return
     if args.what is None:
         p.error("say what to measure: cost or memory")

@@ -1,14 +1,15 @@
-"""The model's training step at another commit and in this checkout, in one process, in turns.
+"""Is this checkout's training step faster or slower than another commit's, timed in turns in one process?
 
-    python benchmarks/model_versus.py --rev dcb3448 [--rounds 20] [--steps 4] [--precision bf16]
+    python benchmarks/model_versus.py --rev <commit> [--rounds 20] [--steps 4] [--precision bf16]
+    python benchmarks/model_versus.py --rev HEAD --rounds 1 --steps 1 --batch 8      # does it run
 
 The host's speed drifts between processes by more than a change of a few percent, so this loads
 ``src/fmnist/model.py`` as it was at ``--rev`` beside this checkout's, builds AlexNetSmall from each
 with the same weights, and times the same training step (autocast forward, fp32 cross-entropy,
 backward, fused Adam, as the stage's net; batch 256 of random 67 px images) on each, ``--steps``
 steps a turn, alternating which side goes first, round after round. A model whose convolutions
-are planned (:mod:`fmnist.conv`) is planned as the train stage plans it; a ``model.py`` of its own
-(before fmnist.conv) chose its convolutions itself. glibc's malloc and the threads are set as the
+are planned (:mod:`fmnist.conv`) is planned as the train stage plans it; a ``model.py`` that
+computes its convolutions itself (a commit without fmnist.conv) runs as it is. glibc's malloc and the threads are set as the
 train stage sets them. Prints the medians and their ratio; the last line is ``key=value``.
 """
 
@@ -24,13 +25,12 @@ import time
 from pathlib import Path
 
 import torch
+from common import ROOT
 
 import fmnist.model
 from fmnist.allocator import tune_malloc_for
 from fmnist.compute import Compute, resolve_precision, set_threads
 from fmnist.conv import Conv2d, plan_model
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def short_rev(rev: str) -> str:

@@ -1,4 +1,4 @@
-"""Time and peak memory of each pipeline stage in a real run, watched from outside.
+"""How long does each pipeline stage take, and what memory does it peak at, in a real run watched from outside?
 
     python benchmarks/stages.py -- dvc exp run $(python -m fmnist.profiles alexnet227) -n alexnet227
 

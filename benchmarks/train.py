@@ -1,103 +1,65 @@
-"""Training and prediction speed, side by side in one run, against the seed notebook's way.
+"""How fast does the train stage train against the seed notebook's way, and what fraction of the matmul peak is that?
 
     python benchmarks/train.py [--images 55000] [--epochs 1] [--rounds 3] [--device auto] > benchmarks/results/train.txt
-
-    python benchmarks/train.py --images 256 --valid 256 --epochs 1 --smoke   # does it run (2-3 min)
+    python benchmarks/train.py --images 64 --valid 32 --smoke      # does it run (not a record)
 
 Measures, in this one run (a shared machine drifts; ratios taken in one run hold):
   * the machine's matmul GFLOP/s (2048x2048, best of several), float32 and bfloat16,
   * (a) the seed notebook's way: a Dataset that resizes a PIL image per sample with
-    transforms.Resize(67) + ToTensor, skorch with its default DataLoader, batch 2048, its model
-    (plain nn.Conv2d layers), in float32 (its default) and (a16) in the pipeline's precision
-    (autocast + channels-last, as the pipeline runs it): the data path compared like for like,
+    transforms.Resize(67) + ToTensor, skorch with its default DataLoader, batch 2048, every
+    convolution and max-pool PyTorch's own (the ``pytorch`` convolution plan), in float32 (its
+    default) and (a16) in the pipeline's precision (autocast + channels-last, as the pipeline runs
+    it): the data path compared like for like,
   * (b) this pipeline's train stage code with its default params (skorch, all callbacks,
     progress bar and MLflow logging into a throwaway store; model.precision as in params.yaml,
     which is bf16 mixed precision on a CPU with AMX or AVX512-BF16), and again in fp32,
-  * (c) a plain PyTorch loop over the same tensors at the same batch size and precision as (b),
-    (b) and (c) in turns for ``--rounds`` rounds, each reported by its median round and the spread:
-    the host drifts between processes by 10-20%, in one run (b) came out 12% behind (c) and (b32)
-    8% ahead of (c32), where their steps time the same in one process (benchmarks/overhead.py),
+  * (c) a plain PyTorch loop over the same tensors at the same batch size, precision and
+    convolution plan as (b); (b) and (c) in turns for ``--rounds`` rounds, each reported by its
+    median round and the spread, because the host's speed drifts between processes by 10-20%,
   * evaluate's prediction speed (batched, no grad), in the default precision and in fp32,
   * AlexNet at 227 px: training images/s and fraction of the matmul peak (batch 64, one epoch),
     and peak memory of resize and train on subsets, extrapolated to 70k images.
 Each variant trains on ``--images`` images per epoch and validates on as many per training image
 as the train stage does (5,000 per 55,000 at the default params), so that the validation passes
 weigh what they weigh in the stage. The default, 55,000, is the stage's own epoch, so what each
-epoch costs on top (the checkpoint, about 0.2 s, and MLflow's metrics) and the first steps'
-start-up (oneDNN's kernels, fresh pages) weigh as they do in the stage. Until stop 22 the default
-was one epoch of 16,384 images, which weighed the checkpoint 3.4 times as much (4.1% of (b)'s time
-against 1.2%, benchmarks/overhead.py) for a third of the run time. Each timer starts after the net
-is built: the first optimizer a process builds imports torch's compiler (2-3 s, once per process),
-which a real run of 8 epochs spreads over 4 minutes and a benchmark of one epoch would not.
+epoch costs on top (the checkpoint and MLflow's metrics) and the first steps' start-up (oneDNN's
+kernels, fresh pages) weigh as they do in the stage. Each timer starts after the net is built: the
+first optimizer a process builds imports torch's compiler (2-3 s, once per process), which a real
+run of 8 epochs spreads over minutes and a benchmark of one epoch would not.
 Each variant runs in its own process, so its peak memory is its own. Each fraction of peak is
 against the matmul peak of the precision the variant ran in, measured in the variant's process
-right after it, on its threads: the host's speed drifts by up to a third within an hour. The report names the layers that
-trained through a fast convolution path, and which (fmnist.model.ConvReLU.path). The last line
-holds the headline figures as key=value. ``--smoke`` shrinks the 227 px subsets, to check that
+right after it, on its threads: the host's speed drifts by up to a third within an hour. Each row
+names the layers that trained by an implementation other than PyTorch's convolution, and which
+(the plan, :mod:`fmnist.conv`). The last line holds the headline figures as key=value.
+``--smoke`` runs every variant once, on tiny 227 px subsets, in this one process: it checks that
 everything runs; its figures are not for the record.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-# benchmarks/versus.py points FMNIST_BENCH_SRC at another commit's src/ to run it the same way
-sys.path.insert(0, os.environ.get("FMNIST_BENCH_SRC", str(ROOT / "src")))
-# Where the variants run: main() sets it for its child processes from --device.
+from common import ROOT, SPLIT, child_main, fast_paths, flops_per_image, matmul_gflops, peak_rss_mb, run_child, sync
+
+# Where the variants run, and on which data: main() sets them for its child processes.
 DEVICE = os.environ.get("FMNIST_BENCH_DEVICE", "cpu")
+DATA = Path(os.environ.get("FMNIST_BENCH_DATA", str(SPLIT)))
+SMOKE = False  # --smoke: the variants run in this process, the matmul peak on a small product
 
 
-def sync() -> None:
-    """Wait for the GPU, so that a timer measures the work and not its queueing."""
-    if DEVICE.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def peak_side() -> int:
-    """Side of the square matmul that measures the peak: a GPU needs a bigger product to reach its own."""
-    return 8192 if DEVICE.startswith("cuda") else 2048
-
-
-def matmul_gflops(precision: str = "fp32", repeats: int = 10) -> float:
-    """GFLOP/s of a ``peak_side()``-square matmul in ``precision`` (``fp32`` or ``bf16``) on DEVICE."""
-    import torch
-
-    n, dtype = peak_side(), {"bf16": torch.bfloat16}.get(precision, torch.float32)
-    a = torch.randn(n, n, dtype=dtype, device=DEVICE)
-    b = torch.randn(n, n, dtype=dtype, device=DEVICE)
-    c = a @ b  # the product goes into c each time: no allocation is timed (a malloc setting can halve it)
-    sync()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.matmul(a, b, out=c)
-        sync()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+def peak_gflops(precision: str) -> float:
+    return matmul_gflops(precision, DEVICE, side=256 if SMOKE else 0)
 
 
 def tune_malloc_for(image_side: int) -> None:
-    """glibc's malloc as the train stage sets it; code from before ``fmnist.allocator.tune_malloc_for``
-    (benchmarks/versus.py) ran with glibc's defaults at 67 px, and so does this then."""
-    try:
-        from fmnist.allocator import tune_malloc_for as tune
-    except ImportError:
-        return
+    """glibc's malloc as the train stage sets it."""
+    from fmnist.allocator import tune_malloc_for as tune
+
     tune(image_side)
 
 
@@ -110,37 +72,12 @@ def stage_valid_images(n_train: int) -> int:
     return round(n_train * held_out / (60_000 - held_out))
 
 
-def flops_per_image(model_name: str = "AlexNetSmall", size: int = 67) -> float:
-    """Forward + backward FLOPs of the model for one image, counted by torch on its plain convolutions."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from fmnist.model import MODELS, plain_convolutions
-
-    # the plain convolutions' count, whichever paths train: like for like with the seed's
-    model = plain_convolutions(MODELS[model_name](input_size=size))
-    x = torch.rand(8, 1, size, size)
-    with FlopCounterMode(display=False) as counter:
-        model(x).sum().backward()
-    return counter.get_total_flops() / 8
-
-
 def load_data(n_train: int, n_valid: int):
     from fmnist.data import load_split
 
-    data = ROOT / "data" / "split"
-    images, labels = load_split(data, "train")
-    valid_images, valid_labels = load_split(data, "valid")
+    images, labels = load_split(DATA, "train")
+    valid_images, valid_labels = load_split(DATA, "valid")
     return images[:n_train], labels[:n_train], valid_images[:n_valid], valid_labels[:n_valid]
-
-
-def fast_paths(module, size: int, compute) -> str:
-    """The layers of ``module`` that train through a fast convolution path at ``size`` px, and which."""
-    import fmnist.model
-
-    paths = getattr(fmnist.model, "paths_taken", None) or fmnist.model.fast_paths  # its older name: versus.py runs this on older commits
-
-    return ",".join(f"{layer}:{path}" for layer, path in paths(module, size, compute.autocast()).items()) or "none"
 
 
 def variant_seed(n_train: int, n_valid: int, epochs: int, precision: str = "fp32") -> dict:
@@ -152,7 +89,7 @@ def variant_seed(n_train: int, n_valid: int, epochs: int, precision: str = "fp32
     from torchvision import transforms
 
     from fmnist.compute import Compute
-    from fmnist.model import AlexNetSmall, plain_convolutions
+    from fmnist.model import ModelSpec
     from fmnist.training import Classifier
 
     images, labels, v_images, v_labels = load_data(n_train, n_valid)
@@ -171,16 +108,19 @@ def variant_seed(n_train: int, n_valid: int, epochs: int, precision: str = "fp32
     train, valid = PackDataset(images, labels, trans), PackDataset(v_images, v_labels, trans)
     torch.manual_seed(0)
     compute = Compute.resolve(precision, DEVICE)
-    # fmnist's Classifier is skorch's NeuralNetClassifier plus autocast and the layout; in fp32, it is skorch's
-    net = Classifier(lambda: plain_convolutions(AlexNetSmall()), criterion=torch.nn.CrossEntropyLoss,
+    # fmnist's Classifier is skorch's NeuralNetClassifier plus autocast, the layout and the convolution
+    # plan; in fp32 with the pytorch plan, it is skorch's
+    spec = ModelSpec("AlexNetSmall", 67, 0.5, conv="pytorch")
+    net = Classifier(spec.module_class, criterion=torch.nn.CrossEntropyLoss,
                      optimizer=torch.optim.Adam, lr=0.001, batch_size=2048, max_epochs=epochs,
-                     train_split=predefined_split(valid), classes=list(range(10)), compute=compute, verbose=0)
+                     train_split=predefined_split(valid), classes=list(range(10)), compute=compute, verbose=0,
+                     plan=spec.conv_plan(compute))
     net.initialize()  # the one-off start-up outside the timer (module docstring)
     start = time.perf_counter()
     net.fit(train, y=None)
     seconds = time.perf_counter() - start
     return {"images_per_s": n_train * epochs / seconds, "seconds": seconds, "precision": compute.precision,
-            "fast_paths": fast_paths(net.module_, 67, compute)}
+            "fast_paths": fast_paths(net.module_)}
 
 
 def variant_pipeline(n_train: int, n_valid: int, epochs: int, precision: str = "") -> dict:
@@ -217,7 +157,7 @@ def variant_pipeline(n_train: int, n_valid: int, epochs: int, precision: str = "
             fit(net, train, ckpt, seed=t.seed)
             seconds = time.perf_counter() - start
     return {"images_per_s": n_train * epochs / seconds, "seconds": seconds, "batch_size": t.batch_size,
-            "precision": compute.precision, "fast_paths": fast_paths(net.module_, params.resize.size, compute)}
+            "precision": compute.precision, "fast_paths": fast_paths(net.module_)}
 
 
 def variant_plain(n_train: int, n_valid: int, epochs: int, precision: str = "") -> dict:
@@ -227,6 +167,7 @@ def variant_plain(n_train: int, n_valid: int, epochs: int, precision: str = "") 
 
     from fmnist.batches import to_float
     from fmnist.compute import Compute, set_threads
+    from fmnist.conv import plan_model
     from fmnist.data import resize_images
     from fmnist.model import AlexNetSmall
     from fmnist.params import load_params
@@ -241,6 +182,7 @@ def variant_plain(n_train: int, n_valid: int, epochs: int, precision: str = "") 
     set_threads(params.train.threads)
     torch.manual_seed(0)
     model = compute.layout(AlexNetSmall(dropout=params.train.dropout).to(DEVICE))
+    plan_model(model, compute, params.resize.size, params.model.conv)  # as build_net plans the stage's
     opt = torch.optim.Adam(model.parameters(), lr=params.train.lr, fused=True)  # as build_net
     loss_fn = torch.nn.CrossEntropyLoss()
     bs = params.train.batch_size
@@ -261,10 +203,10 @@ def variant_plain(n_train: int, n_valid: int, epochs: int, precision: str = "") 
         with torch.no_grad(), compute.autocast():
             for s in range(0, len(vx), bs):
                 model(to_float(vx[s:s + bs]).to(DEVICE)).cpu()
-    sync()
+    sync(DEVICE)
     seconds = time.perf_counter() - start
     return {"images_per_s": n_train * epochs / seconds, "seconds": seconds, "precision": compute.precision,
-            "fast_paths": fast_paths(model, params.resize.size, compute)}
+            "fast_paths": fast_paths(model)}
 
 
 def variant_evaluate(n_test: int, precision: str = "") -> dict:
@@ -278,7 +220,7 @@ def variant_evaluate(n_test: int, precision: str = "") -> dict:
 
     params = load_params(ROOT / "params.yaml")
     compute = Compute.resolve(precision or params.model.precision, DEVICE)
-    images, _ = load_split(ROOT / "data" / "split", "test")
+    images, _ = load_split(DATA, "test")
     images = resize_images(images[:n_test], params.resize.size)
     set_threads(0)
     torch.manual_seed(0)
@@ -304,7 +246,7 @@ def write_resized(path: Path, images, size: int = 227) -> None:
 def variant_resize227(n: int) -> dict:
     from fmnist.data import load_split
 
-    images, _ = load_split(ROOT / "data" / "split", "train")
+    images, _ = load_split(DATA, "train")
     base = peak_rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -318,7 +260,7 @@ def variant_prep227(n: int, folder: str) -> dict:
     from fmnist.data import load_split
     from fmnist.files import save_array
 
-    images, labels = load_split(ROOT / "data" / "split", "train")
+    images, labels = load_split(DATA, "train")
     for name, part in (("train", slice(0, n)), ("valid", slice(n, n + 64))):
         write_resized(Path(folder) / f"{name}_images.npy", images[part])
         save_array(Path(folder) / f"{name}_labels.npy", labels[part])
@@ -350,13 +292,13 @@ def variant_train227(n: int, folder: str) -> dict:
     net.fit(train, y=None)
     seconds = time.perf_counter() - start  # includes validation on 64 images
     return {"seconds": seconds, "base_mb": base, "images_per_s": n / seconds, "precision": compute.precision,
-            "fast_paths": fast_paths(net.module_, 227, compute)}
+            "fast_paths": fast_paths(net.module_)}
 
 
 def run_train227(n: int, env: dict | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        run_child("prep227", n, tmp)
-        return run_child("train227", n, tmp, env=env)
+        variant("prep227", n, tmp)
+        return variant("train227", n, tmp, env=env)
 
 
 def variant_flops(model_name: str, size: int) -> dict:
@@ -370,16 +312,30 @@ VARIANTS = {"flops": variant_flops, "seed": variant_seed, "pipeline": variant_pi
             "train227": variant_train227}
 
 
-def run_child(name: str, *args, env: dict | None = None) -> dict:
-    """Run one variant in a fresh process (``env`` added to its environment); return its result
-    with its own peak memory."""
-    out = subprocess.run([sys.executable, __file__, "--child", name, *map(str, args)], capture_output=True,
-                         text=True, check=True, cwd=ROOT, env={**os.environ, **(env or {})})
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def finish(result: dict) -> None:
+    """What each variant's result gets in its own process, right after it: the matmul peak of its
+    precision on its threads (the host's speed drifts), and the GPU's peak memory."""
+    if "precision" in result:
+        result["peak_gflops"] = peak_gflops(result["precision"])
+    if DEVICE.startswith("cuda"):
+        import torch
+
+        result["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+
+
+def variant(name: str, *args, env: dict | None = None) -> dict:
+    """Run one variant in a fresh process (``env`` added to its environment), so that its peak
+    memory is its own; under ``--smoke`` in this process, where ``env`` cannot apply."""
+    if SMOKE:
+        result = VARIANTS[name](*args)
+        result["peak_mb"] = peak_rss_mb()
+        finish(result)
+        return result
+    return run_child(__file__, name, *args, env={**os.environ, **(env or {})})
 
 
 def main() -> None:
-    global DEVICE
+    global DEVICE, DATA, SMOKE
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=55_000,
                    help="training images per epoch and variant (the train stage's epoch)")
@@ -388,34 +344,33 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3, help="rounds of (b) and (c), in turns; the median is reported")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto: cuda when there is one")
-    p.add_argument("--smoke", action="store_true", help="small 227 px subsets: check that it runs, not a record")
+    p.add_argument("--data", type=Path, default=SPLIT,
+                   help="folder of the split stage's arrays (train, valid and test images and labels)")
+    p.add_argument("--smoke", action="store_true",
+                   help="every variant once, in this process, on tiny 227 px subsets: does it run (not a record)")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        name, *rest = args.child
-        result = VARIANTS[name](*(int(a) if a.isdigit() else a for a in rest))
-        result["peak_mb"] = peak_rss_mb()
-        if "precision" in result:  # the host's speed drifts: its peak now, on the variant's threads
-            result["peak_gflops"] = matmul_gflops(result["precision"])
-        if DEVICE.startswith("cuda"):
-            import torch
-
-            result["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        print(json.dumps(result))
+        child_main(VARIANTS, args.child, finish)
         return
+
+    DATA, SMOKE = args.data.resolve(), args.smoke
+    if not (DATA / "train_images.npy").is_file():
+        sys.exit(f"error: {args.data}: no train_images.npy; run `dvc repro split` first, or pass --data")
+    os.environ["FMNIST_BENCH_DATA"] = str(DATA)
 
     import torch
 
     DEVICE = os.environ["FMNIST_BENCH_DEVICE"] = (
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    if not (ROOT / "data" / "split" / "train_images.npy").is_file():
-        sys.exit("error: data/split is missing; run `dvc repro split` first")
+    if SMOKE:
+        args.rounds = 1
     torch.set_num_threads(os.cpu_count() or 1)
-    n = peak_side()
-    peak = matmul_gflops("fp32")
-    peak_bf16 = matmul_gflops("bf16")
-    flops = run_child("flops", "AlexNetSmall", 67)["flops"]
-    flops227 = run_child("flops", "AlexNet", 227)["flops"]
+    peak = peak_gflops("fp32")
+    peak_bf16 = peak_gflops("bf16")
+    n = 256 if SMOKE else 8192 if DEVICE.startswith("cuda") else 2048
+    flops = variant("flops", "AlexNetSmall", 67)["flops"]
+    flops227 = variant("flops", "AlexNet", 227)["flops"]
     where = torch.cuda.get_device_name(DEVICE) if DEVICE.startswith("cuda") else f"{torch.get_num_threads()} threads"
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, device {DEVICE} ({where})")
     print(f"matmul {n}x{n} float32: {peak:.0f} GFLOP/s; bfloat16: {peak_bf16:.0f} GFLOP/s")
@@ -434,7 +389,7 @@ def main() -> None:
 
     default = Compute.resolve(load_params(ROOT / "params.yaml").model.precision, DEVICE).precision
     variants = {
-        "seed": (("seed", "fp32"), "(a) seed notebook: PIL resize per sample + skorch, batch 2048, plain convs"),
+        "seed": (("seed", "fp32"), "(a) seed notebook: PIL resize per sample + skorch, batch 2048, PyTorch's convs"),
         "seed_same": (("seed", default), "(a16) seed notebook's way in the pipeline's default precision"),
         "pipeline": (("pipeline",), "(b) pipeline train stage, default params"),
         "plain": (("plain",), "(c) plain PyTorch loop, same batch size and precision as (b)"),
@@ -443,7 +398,7 @@ def main() -> None:
 
     def measure(key: str) -> dict:
         (name, *extra), _ = variants[key]
-        r = run_child(name, *sizes, *extra)
+        r = variant(name, *sizes, *extra)
         r["peak_fraction"] = r["images_per_s"] * flops / 1e9 / r["peak_gflops"]
         return r
 
@@ -486,9 +441,10 @@ def main() -> None:
         overhead = 1 - rows[pipe]["images_per_s"] / rows[plain]["images_per_s"]
         print(f"skorch + callbacks + MLflow in {what}: {overhead * 100:+.1f}% of the plain loop's speed "
               f"(negative: the pipeline was faster)")
-    ev = run_child("evaluate", 10_000)
-    ev32 = run_child("evaluate", 10_000, "fp32")
-    print(f"evaluate: {ev['images_per_s']:.0f} images/s predicting 10000 test images [{ev['precision']}] "
+    n_test = 64 if SMOKE else 10_000
+    ev = variant("evaluate", n_test)
+    ev32 = variant("evaluate", n_test, "fp32")
+    print(f"evaluate: {ev['images_per_s']:.0f} images/s predicting {n_test} test images [{ev['precision']}] "
           f"(fp32: {ev32['images_per_s']:.0f}); batched, no grad")
 
     print("\nAlexNet at 227 px, memory measured on subsets, extrapolated linearly to 70k images:")
@@ -498,11 +454,13 @@ def main() -> None:
     # MALLOC_MMAP_THRESHOLD_ fixed at 1 MiB keeps large blocks in mmap, returned when freed.
     fixed = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
     train227 = None
-    for name, sizes, env, how in (("resize227", (2000, 8000), None, ""),
-                                  ("train227", (256, 2048), None, ", glibc malloc defaults"),
-                                  ("train227", (256, 2048), fixed, ", MALLOC_MMAP_THRESHOLD_=1048576")):
-        sizes = (64, 128) if args.smoke else sizes
-        small, big = (run_train227(n, env) if name == "train227" else run_child(name, n) for n in sizes)
+    measured = [("resize227", (2000, 8000), None, ""),
+                ("train227", (256, 2048), None, ", glibc malloc defaults"),
+                ("train227", (256, 2048), fixed, ", MALLOC_MMAP_THRESHOLD_=1048576")]
+    if SMOKE:  # in one process the malloc settings cannot differ
+        measured = [(name, (8, 16), env, how) for name, _, env, how in measured if env is None]
+    for name, sizes, env, how in measured:
+        small, big = (run_train227(n, env) if name == "train227" else variant(name, n) for n in sizes)
         if name == "train227":
             train227 = big
         per_image = (big["peak_mb"] - small["peak_mb"]) / (sizes[1] - sizes[0])
