@@ -60,36 +60,52 @@ def main() -> None:
         plan = plan_of(module)
         print(plan.describe())
         run.log_params(plan.as_params())
-        pred = prob.argmax(axis=1)
-        metrics = classification_scores(labels, prob)
-        write_scores(metrics, args.metrics, args.per_class)
-        write_predictions(args.predictions, labels, pred)
-        out = Path(args.plots)
-        figures = _figures(out, images, labels, prob, history, eval_p.n_misclassified)
         about = (f"{spec.model_name} at {spec.input_size} px, {spec.head} head, dropout "
                  f"{spec.dropout:g}; predicted in {compute.precision} on {compute.device}")
-        write_report(args.report, metrics, history, figures, about)
-
-        flat = flatten(metrics)
+        metrics = _write_outputs(args, about, images, labels, prob, history, eval_p.n_misclassified)
         run.log_params(flatten({"evaluate": to_dict(eval_p)}) | {"model": spec.model_name,
                                                                   "precision": compute.precision,
                                                                   "device": compute.device})
-        # the headline figures also on the logged model's page (model_id), with the data they come from
-        headline = {k: v for k, v in metrics.items() if isinstance(v, float)}
-        run.log_metrics(headline, model_id=model_id, dataset="test_images")
-        run.log_metrics({k: v for k, v in flat.items() if k not in headline}
-                        | {"eval_images_per_second": len(images) / seconds})
-        for path in (args.metrics, args.per_class, args.predictions, args.report, out):
+        _log_scores(run, metrics, model_id, images_per_second=len(images) / seconds)
+        for path in (args.metrics, args.per_class, args.predictions, args.report, args.plots):
             run.log_artifact(path)
     if train_run:  # the test metrics sit with the model they measure
-        on_train = Run(tracker, train_run)
-        on_train.log_metrics(flat)
-        on_train.log_artifact(out, "evaluate")
-        promoted = tracker.promote(train_run, "test_accuracy", metrics["test_accuracy"])
-        if promoted:
-            print(promoted)
-    print(f"test accuracy {metrics['test_accuracy']:.4f} ({int((pred != labels).sum())} mistakes of "
-          f"{len(labels)}); predicted {len(images) / seconds:.0f} images/s")
+        _onto_train_run(tracker, train_run, metrics, args.plots)
+    mistakes = int((prob.argmax(axis=1) != labels).sum())
+    print(f"test accuracy {metrics['test_accuracy']:.4f} ({mistakes} mistakes of {len(labels)}); "
+          f"predicted {len(images) / seconds:.0f} images/s")
+
+
+def _write_outputs(args, about: str, images: np.ndarray, labels: np.ndarray, prob: np.ndarray,
+                   history: list[dict], n_mistakes: int) -> dict:
+    """The score files, the predictions, the figures and the report; returns the scores."""
+    metrics = classification_scores(labels, prob)
+    write_scores(metrics, args.metrics, args.per_class)
+    write_predictions(args.predictions, labels, prob.argmax(axis=1))
+    figures = _figures(Path(args.plots), images, labels, prob, history, n_mistakes)
+    write_report(args.report, metrics, history, figures, about)
+    return metrics
+
+
+def _log_scores(run: Run, metrics: dict, model_id: str | None, images_per_second: float) -> None:
+    """Every score on the evaluate run; the headline ones also on the logged model's page
+    (``model_id``), with the data they come from."""
+    flat = flatten(metrics)
+    headline = {k: v for k, v in metrics.items() if isinstance(v, float)}
+    run.log_metrics(headline, model_id=model_id, dataset="test_images")
+    run.log_metrics({k: v for k, v in flat.items() if k not in headline}
+                    | {"eval_images_per_second": images_per_second})
+
+
+def _onto_train_run(tracker: Tracker, train_run: str, metrics: dict, plots_dir: str) -> None:
+    """The test scores and figures on the train run of the model they measure; the champion alias
+    moves to its model when it scores best."""
+    on_train = Run(tracker, train_run)
+    on_train.log_metrics(flatten(metrics))
+    on_train.log_artifact(plots_dir, "evaluate")
+    promoted = tracker.promote(train_run, "test_accuracy", metrics["test_accuracy"])
+    if promoted:
+        print(promoted)
 
 
 def _figures(out: Path, images: np.ndarray, labels: np.ndarray, prob: np.ndarray, history: list[dict],
