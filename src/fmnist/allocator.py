@@ -11,9 +11,9 @@ gradients, im2col matrices). glibc's defaults suit neither image size this pipel
   up to 32 MiB from the heap and never trimming it (``M_MMAP_THRESHOLD``, ``M_TRIM_THRESHOLD``)
   leaves no page faults at all; together with ``fmnist.compute.seed_everything`` not filling new
   tensors with NaN on a CPU, that makes the train stage's step 1.19x as fast in bf16 and 1.14x in
-  fp32 as glibc's defaults with the fill (measured side by side in fresh processes,
-  ``benchmarks/malloc.py``). The heap stays as large as its
-  peak, which at 67 px is small (the stage peaks at 1.8 GB either way).
+  fp32 as glibc's defaults with the fill (measured side by side in fresh processes; the
+  documentation's performance page). The heap stays as large as its peak, which at 67 px is
+  small (the stage peaks at 1.8 GB either way).
 * **Large images (227 px): keep large blocks in mmap.** There the heap, once the threshold has
   risen, fragments: resident memory then grows with the number of batches, not with the data
   (measured by ``benchmarks/alexnet227.py memory``). Fixing the threshold at 1 MiB keeps large

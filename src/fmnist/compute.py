@@ -26,7 +26,7 @@ def seed_everything(seed: int) -> None:
     On a CPU the torch kernels this pipeline runs are deterministic already (runs are
     bit-identical, ``tests/test_reproducibility.py``), and the switch would turn on a debugging
     aid that fills every new tensor with NaN, 9-15% of a training step at 67 px
-    (``benchmarks/malloc.py``); it also imports torch's compiler to set its flag there, 2.3 s of
+    (the documentation's performance page); it also imports torch's compiler to set its flag there, 2.3 s of
     start-up in a stage that builds no optimizer (evaluate; an optimizer imports most of it
     anyway). On a GPU, where cuDNN and atomic adds are not deterministic, it is on, without the
     fill: no kernel here reads memory it did not write.
