@@ -11,7 +11,8 @@ import signal
 import sys
 from pathlib import Path
 
-from fmnist.team.process import GRACE_S, Service, check_free, end, http_ok, marked, spawn, wait_for
+from fmnist.team.process import (GRACE_S, Service, answers_soon, check_free, end, http_ok, marked, spawn,
+                                 wait_for)
 from fmnist.team.stack import ADMIN, MLFLOW_BUCKET, PORT_ENV, Stack, write_private
 
 NAME, LABEL = "mlflow", "MLflow"
@@ -29,7 +30,7 @@ def answers(stack: Stack) -> bool:
 def up(stack: Stack, s: dict[str, str]) -> str:
     url = stack.mlflow_url()
     procs = marked(stack, NAME)
-    if procs and not any(p.suspended for p in procs) and answers(stack):
+    if procs and not any(p.suspended for p in procs) and answers_soon(lambda: answers(stack)):
         return f"MLflow already running on {url}"
     if procs:  # suspended, not answering, or what a killed one left (its uvicorn workers hold the port)
         for line in end([service(stack)], GRACE_S)[0]:

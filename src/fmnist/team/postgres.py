@@ -18,7 +18,7 @@ import shutil
 import signal
 from pathlib import Path
 
-from fmnist.team.process import GRACE_S, Proc, Service, check_free, end, find, run
+from fmnist.team.process import GRACE_S, Proc, Service, answers_soon, check_free, end, find, run
 from fmnist.team.stack import DATABASES, DB_USER, PORT_ENV, Stack, TeamError
 
 PG_SYSTEM_USER = "postgres"
@@ -127,6 +127,7 @@ def up(stack: Stack, s: dict[str, str]) -> str:
     procs = processes(stack)
     master = postmaster(stack, procs)
     if master is not None and not master.suspended:
+        answers_soon(lambda: answers(stack))  # one that is starting or recovering; never ended for being slow
         created = ensure_databases(stack, s["pg_password"])
         return f"PostgreSQL already running on 127.0.0.1:{port}" + (f" (created {', '.join(created)})"
                                                                      if created else "")

@@ -142,8 +142,8 @@ def end(services: list[Service], grace_s: float = GRACE_S) -> tuple[list[str], b
     deadline = start + grace_s
     while True:
         waiting = [e for e in endings if e.signals and not e.line]
-        for e in waiting:
-            if not any(alive(p) for p in e.procs):
+        for e in waiting:  # members() too: a supervisor may have started a new worker meanwhile
+            if not any(alive(p) for p in e.procs) and not e.service.members():
                 e.line = f"{e.service.label}: {e.note}stopped in {time.monotonic() - start:.1f} s"
         if all(e.line for e in waiting) or time.monotonic() >= deadline:
             break
@@ -152,7 +152,6 @@ def end(services: list[Service], grace_s: float = GRACE_S) -> tuple[list[str], b
     for e in endings:
         if e.line:
             continue
-        # members() again: a supervisor may have started a new worker meanwhile
         left = list({(p.pid, p.start): p for p in e.procs + e.service.members() if alive(p)}.values())
         for proc in left:
             _send(proc.pid, signal.SIGKILL)
@@ -194,6 +193,17 @@ def http_ok(url: str) -> bool:
             return response.status == 200
     except (urllib.error.URLError, OSError):
         return False
+
+
+def answers_soon(check: Callable[[], bool], timeout_s: float = 30) -> bool:
+    """Whether ``check`` holds within ``timeout_s``: a server that is busy or still starting is
+    given that long before ``up`` counts it as hung and restarts it."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
+    return True
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout_s: float, proc: subprocess.Popen | None = None,

@@ -12,7 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fmnist.team.process import GRACE_S, Service, check_free, end, marked, port_open, spawn, wait_for
+from fmnist.team.process import (GRACE_S, Service, answers_soon, check_free, end, marked, port_open, spawn,
+                                 wait_for)
 from fmnist.team.process import run as run_command
 from fmnist.team.stack import DVC_BUCKET, MLFLOW_BUCKET, PORT_ENV, Stack, TeamError, write_private
 
@@ -49,7 +50,7 @@ def ready(stack: Stack, s: dict[str, str]) -> bool:
 def up(stack: Stack, s: dict[str, str]) -> str:
     port = stack.ports["s3"]
     procs = marked(stack, NAME)
-    if procs and not any(p.suspended for p in procs) and port_open(port) and ready(stack, s):
+    if procs and not any(p.suspended for p in procs) and answers_soon(lambda: port_open(port) and ready(stack, s)):
         return f"SeaweedFS S3 already running on {stack.s3_url()}"
     if procs:  # suspended, not answering, or what a killed one left
         for line in end([service(stack)], GRACE_S)[0]:
