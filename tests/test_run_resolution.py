@@ -35,7 +35,7 @@ STAGE = textwrap.dedent('''
         run.log_params({"lr": 0.001})
         for step in (1, 2):
             run.log_metrics({"valid_acc": step / 10, "train_loss": 2.0 - step / 10}, step=step)
-        print(run.id, flush=True)
+        print("run", run.id, flush=True)
         if sys.argv[3] == "die":
             os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(900)
@@ -53,7 +53,11 @@ def stage_process(folder: Path, uri: str, stage: str, fate: str, env: dict | Non
     """(process, run id) of a :data:`STAGE` process in ``folder``, once its run is open."""
     proc = subprocess.Popen([sys.executable, "-c", STAGE, uri, stage, fate, EXPERIMENT], cwd=folder,
                             env=env or env_for(folder), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    run_id = proc.stdout.readline().strip()
+    run_id = ""
+    for line in proc.stdout:  # MLflow prints a link to each run it ends, e.g. one this start resolved
+        if line.startswith("run "):
+            run_id = line.split()[1]
+            break
     assert run_id, proc.stderr.read() if proc.poll() is not None else "no run id"
     if fate == "die":
         assert proc.wait(timeout=60) == -signal.SIGKILL
@@ -184,7 +188,7 @@ def test_a_search_that_died_ends_its_trials_too(store):
 
     folder, uri, client = store["folder"], store["uri"], store["client"]
     script = STAGE.replace('time.sleep(900)', '').replace(
-        '    print(run.id, flush=True)\n',
+        '    print("run", run.id, flush=True)\n',
         '    trial_ctx = tracker.run("r1 lr=0.001", tags={"fmnist.stage": "search-trial"}, parent=run.id)\n'
         '    trial = trial_ctx.__enter__()\n'
         '    print(run.id, trial.id, flush=True)\n')
