@@ -226,7 +226,6 @@ def metric_steps(stack, user: str, password: str, run_id: str, key: str) -> list
 # --- the stack itself -----------------------------------------------------------------------------
 
 def test_up_is_quick_idempotent_and_on_loopback_only(stack):
-    assert stack.up_seconds < 60, stack.up_output
     again = stack.script("up").stdout
     assert again.count("already running") == 3, again
     assert stack.script("status").returncode == 0
@@ -236,6 +235,7 @@ def test_up_is_quick_idempotent_and_on_loopback_only(stack):
     listening = listening_sockets()
     assert served <= {port for _, port in listening}
     assert {(addr, port) for addr, port in listening if port in ports and addr != "127.0.0.1"} == set()
+    assert stack.up_seconds < 60, stack.up_output  # last: on a loaded machine only this one fails
 
 
 def listening_sockets() -> set[tuple[str, int]]:
