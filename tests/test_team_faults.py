@@ -91,8 +91,10 @@ class Team:
         self.url = f"http://127.0.0.1:{ports['TEAM_MLFLOW_PORT']}"
 
     def make(self, target: str) -> str:
-        # -o setup: the suite runs in the venv `make test` set up; nothing is reinstalled under it
-        result = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "-o", "setup", target],
+        # -o: the suite runs in the venv `make test` set up (the team extra included); nothing is
+        # reinstalled under it
+        result = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "-o", "setup", "-o", "setup-team",
+                                 target],
                                 env=self.env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, f"make {target} failed:\n{result.stdout}\n{result.stderr}"
         return result.stdout
