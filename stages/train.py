@@ -70,10 +70,10 @@ def main() -> None:
         logger = MlflowEpochLogger(run)
         net = build_net(spec, hp, compute, FitSettings.of(train_p), valid,
                         extra_callbacks=[("checkpoint", ckpt), ("mlflow", logger)])
-        start = time.perf_counter()
-        trained = fit(net, train, ckpt, on_resume=logger.log_history, seed=train_p.seed)
         print(net.plan.describe())
         run.log_params(net.plan.as_params())
+        start = time.perf_counter()
+        trained = fit(net, train, ckpt, on_resume=logger.log_history, seed=train_p.seed)
         seconds = time.perf_counter() - start
 
         history = epoch_history(net)
