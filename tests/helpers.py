@@ -146,3 +146,23 @@ def copy_repo(repo: Path, dest: Path) -> Path:
                 con.execute(f"update {table} set {column} = replace({column}, ?, ?)", (str(repo), str(dest)))
         con.close()
     return dest
+
+
+def free_ports(count: int, low: int = 20000, high: int = 40000) -> int:
+    """The first of ``count`` consecutive free ports of 127.0.0.1 in ``[low, high)``."""
+    import random
+
+    for _ in range(500):
+        base = random.randrange(low, high - count)
+        socks = []
+        try:
+            for port in range(base, base + count):
+                socks.append(socket.socket())
+                socks[-1].bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {count} consecutive free ports in {low}..{high}")

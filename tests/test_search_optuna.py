@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -27,7 +25,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import ROOT, env_for, make_repo, ran_stages, sh
+from helpers import ROOT, env_for, free_ports, make_repo, ran_stages, sh
 from test_search import synthetic
 
 pytestmark = pytest.mark.slow  # every test trains several trials, through dvc or the stage script
@@ -191,22 +189,6 @@ def test_a_killed_search_goes_on_with_its_study(tmp_path):
 
 # --- two stages on one study in the team stack's PostgreSQL -------------------------------------
 
-def free_port_in(low: int, high: int, count: int = 1) -> int:
-    """The first of ``count`` consecutive free ports of 127.0.0.1 in [low, high)."""
-    for _ in range(300):
-        base = random.randrange(low, high - count)
-        socks = []
-        try:
-            for port in range(base, base + count):
-                socks.append(socket.socket())
-                socks[-1].bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no {count} free ports in {low}..{high}")
 
 
 @pytest.fixture
@@ -226,7 +208,7 @@ def team_postgres():
 
     def port(count: int = 1) -> str:
         while True:
-            p = free_port_in(17000, 18000, count)
+            p = free_ports(count, 17000, 18000)
             if not taken & set(range(p, p + count)):
                 taken.update(range(p, p + count))
                 return str(p)

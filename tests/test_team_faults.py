@@ -21,7 +21,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import random
 import re
 import shlex
 import shutil
@@ -37,7 +36,7 @@ import pytest
 import requests
 import yaml
 
-from helpers import ROOT, edit_params, env_for, make_repo, sh
+from helpers import ROOT, edit_params, env_for, free_ports, make_repo, sh
 from test_run_resolution import EPOCH_KEYS, REPRO_TIMEOUT, sigkilled_repro_is_resolved, start_repro
 
 pytestmark = pytest.mark.slow
@@ -50,22 +49,6 @@ RETRY = re.compile(r"MLflow call (\w+) failed, attempt (\d+) \(([^)]*)\); retryi
 
 # --- the stack, through the Makefile and the team CLI -----------------------------------------------
 
-def free_ports(count: int) -> int:
-    """The first of ``count`` consecutive free ports of 127.0.0.1 in :data:`PORTS`."""
-    for _ in range(500):
-        base = random.randrange(PORTS.start, PORTS.stop - count)
-        socks = []
-        try:
-            for port in range(base, base + count):
-                socks.append(socket.socket())
-                socks[-1].bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no {count} consecutive free ports in {PORTS}")
 
 
 def team_cli() -> list[str]:
@@ -84,8 +67,8 @@ class Team:
 
     def __init__(self, home: Path):
         self.home = home
-        ports = {"TEAM_MLFLOW_PORT": free_ports(1), "TEAM_S3_PORT": free_ports(1), "TEAM_PG_PORT": free_ports(1),
-                 "TEAM_WEED_PORTS": free_ports(10)}
+        ports = {"TEAM_MLFLOW_PORT": free_ports(1, PORTS.start, PORTS.stop), "TEAM_S3_PORT": free_ports(1, PORTS.start, PORTS.stop), "TEAM_PG_PORT": free_ports(1, PORTS.start, PORTS.stop),
+                 "TEAM_WEED_PORTS": free_ports(10, PORTS.start, PORTS.stop)}
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("TEAM_", "MLFLOW_", "AWS_"))}
         self.env |= {"TEAM_HOME": str(home)} | {k: str(v) for k, v in ports.items()}
         self.url = f"http://127.0.0.1:{ports['TEAM_MLFLOW_PORT']}"

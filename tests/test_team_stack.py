@@ -17,7 +17,6 @@ import csv
 import hashlib
 import json
 import os
-import random
 import re
 import shlex
 import shutil
@@ -34,6 +33,7 @@ import requests
 import yaml
 
 from conftest import ROOT, env_for, make_repo, ran_stages, sh, start_queue
+from helpers import free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -49,22 +49,6 @@ QUEUED = {f"load-{i}": i for i in range(1, 5)}
 
 # --- the stack ------------------------------------------------------------------------------------
 
-def free_ports(count: int) -> int:
-    """The first of ``count`` consecutive free ports of 127.0.0.1."""
-    for _ in range(200):
-        base = random.randrange(20000, 40000)
-        socks = []
-        try:
-            for port in range(base, base + count):
-                socks.append(socket.socket())
-                socks[-1].bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no run of free ports found")
 
 
 def require_postgres() -> None:
