@@ -226,8 +226,9 @@ def test_the_readmes_results_are_the_committed_metrics():
     assert numbers(readme_figure("test accuracy"))[0] == round(evaluate["test_accuracy"] * 100, 2)
     f1 = decimals(readme_figure("test macro F1"))
     assert f1[0] == round(evaluate["test_macro_f1"], 3)
-    hardest = min(evaluate["per_class"], key=lambda c: evaluate["per_class"][c]["f1"])
-    assert hardest in readme_figure("test macro F1") and f1[1] == round(evaluate["per_class"][hardest]["f1"], 3)
+    per_class = json.loads((ROOT / "metrics" / "per_class.json").read_text())["per_class"]
+    hardest = min(per_class, key=lambda c: per_class[c]["f1"])
+    assert hardest in readme_figure("test macro F1") and f1[1] == round(per_class[hardest]["f1"], 3)
     valid = numbers(readme_figure("best validation accuracy"))
     assert valid == [round(train["best_valid_acc"] * 100, 2), train["best_epoch"], train["epochs"]]
     chosen = numbers(readme_figure("chosen by search"))
