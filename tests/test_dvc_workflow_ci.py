@@ -35,8 +35,10 @@ def test_workflow_passes_the_github_workflow_schema_and_shellcheck(tmp_path):
 
 
 def test_workflow_runs_what_ci_run_runs_then_the_tiny_pipeline():
+    # GitHub's runners set CI=true themselves, which .ci/run exports for whoever runs it by hand
     ci_run = [line.strip() for line in (ROOT / ".ci/run").read_text().splitlines()
-              if line.strip() and not line.lstrip().startswith(("#", "set ", "cd "))]
+              if line.strip() and not line.lstrip().startswith(("#", "set ", "cd ", "export CI=true"))]
+    assert "make test" in ci_run
     scripts = list(run_steps().values())
     positions = [next(i for i, s in enumerate(scripts) if command in s.splitlines()) for command in ci_run]
     assert positions == sorted(positions), ci_run
