@@ -1,6 +1,8 @@
-"""Screenshot of the MLflow UI comparing the search trials, for the README.
+"""Screenshots of the MLflow UI for the README and the docs: the search trials compared, or the
+champion model's page with its test metrics.
 
     python scripts/screenshot_mlflow.py                                  # ./mlflow.db, to docs/img/
+    python scripts/screenshot_mlflow.py --page champion                  # the @champion model's page
     python scripts/screenshot_mlflow.py --out shot.png --charts loss     # the loss charts instead
     python scripts/screenshot_mlflow.py --store other/mlflow.db --out shot.png
     python scripts/screenshot_mlflow.py --server http://127.0.0.1:5000   # an MLflow server already running
@@ -10,7 +12,9 @@ Given a store (a SQLite file), it serves a copy of it with ``mlflow server`` on 
 opens the experiment's runs in chart view, filtered to the trials of the newest search run, hides
 their parent run, widens the run list so the trial names show in full, and keeps the charts whose
 metric name contains ``--charts`` (default ``valid``: valid_acc per epoch, valid_acc_best,
-valid_loss per epoch). Needs ``chromium`` on PATH (Debian package chromium) and the project's venv.
+valid_loss per epoch). ``--page champion`` opens instead the logged model that the registered
+model's ``@champion`` alias points at, whose page lists the test metrics evaluate linked to it.
+Needs ``chromium`` on PATH (Debian package chromium) and the project's venv.
 """
 
 from __future__ import annotations
@@ -265,6 +269,7 @@ CLOSE_ASSISTANT = "button[data-component-id='mlflow.assistant.chat_panel.close']
 RUN_LIST_RESIZER = "div[handleaxis='e']"
 CHART_SEARCH = "input[placeholder='Search metric charts']"
 PLOTS = ".js-plotly-plot"
+METRIC_SEARCH = "input[placeholder='Search metrics']"  # the logged-model page's metrics table
 
 
 async def trials_chart_view(browser: Browser, server: str, experiment_id: str, parent: str, trials: list[str],
@@ -293,13 +298,47 @@ async def trials_chart_view(browser: Browser, server: str, experiment_id: str, p
     return await browser.text()
 
 
-async def take(server: str, experiment: str, out: Path, charts: str, width: int, height: int) -> list[str]:
-    experiment_id, parent, trials = search_trials(server, experiment)
-    if not trials:
-        raise SystemExit(f"error: the newest search run {parent} has no trial runs")
+def champion_model(server: str, registered: str) -> tuple[str, str]:
+    """Experiment id and logged-model id of the version ``@champion`` of ``registered``."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=server)
+    try:
+        version = client.get_model_version_by_alias(registered, "champion")
+    except MlflowException:
+        raise SystemExit(f"error: registered model {registered!r} has no @champion at {server}") from None
+    model_id = getattr(version, "model_id", None) or version.source.removeprefix("models:/")
+    return client.get_logged_model(model_id).experiment_id, model_id
+
+
+async def champion_page(browser: Browser, server: str, experiment_id: str, model_id: str) -> str:
+    """Open the champion's logged-model page; its text once the metrics show."""
+    await browser.open(f"{server}/#/experiments/{experiment_id}/models/{model_id}")
+    await browser.wait_for_text(["test_accuracy", "test_macro_f1"])
+    await browser.js(f"document.querySelector({json.dumps(CLOSE_ASSISTANT)})?.click()")
+    await browser.type_into(METRIC_SEARCH, "test_")  # the test metrics, with the dataset they were measured on
+    await browser.js("document.activeElement?.blur()")
+    await asyncio.sleep(2)
+    return await browser.text()
+
+
+async def take(server: str, experiment: str, out: Path, charts: str, width: int, height: int,
+               page: str = "trials", registered: str = "fashion-mnist-alexnet") -> list[str]:
+    """Take the screenshot; what it shows: the trials' names, or the champion's model id."""
+    if page == "champion":
+        experiment_id, model_id = champion_model(server, registered)
+        shown = [model_id]
+    else:
+        experiment_id, parent, shown = search_trials(server, experiment)
+        if not shown:
+            raise SystemExit(f"error: the newest search run {parent} has no trial runs")
     async with Browser(width, height) as browser:
         try:
-            await trials_chart_view(browser, server, experiment_id, parent, trials, charts)
+            if page == "champion":
+                await champion_page(browser, server, experiment_id, model_id)
+            else:
+                await trials_chart_view(browser, server, experiment_id, parent, shown, charts)
         except Exception:
             failed = out.with_name(out.stem + ".failed.png")
             with contextlib.suppress(Exception):  # the first error is the one to see
@@ -307,7 +346,7 @@ async def take(server: str, experiment: str, out: Path, charts: str, width: int,
                 print(f"the page as it was: {failed}", file=sys.stderr)
             raise
         await browser.screenshot(out)
-    return trials
+    return shown
 
 
 def main() -> None:
@@ -315,8 +354,12 @@ def main() -> None:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--store", type=Path, default=Path("mlflow.db"), help="SQLite store (default: %(default)s)")
     source.add_argument("--server", help="URL of a running MLflow server instead")
+    p.add_argument("--page", choices=("trials", "champion"), default="trials",
+                   help="the search trials' charts, or the @champion model's page (default: %(default)s)")
     p.add_argument("--experiment", default="fashion-mnist-alexnet", help="(default: %(default)s)")
-    p.add_argument("--out", type=Path, default=Path("docs/img/mlflow-search-trials.png"), help="(default: %(default)s)")
+    p.add_argument("--registered-model", default="fashion-mnist-alexnet", help="(default: %(default)s)")
+    p.add_argument("--out", type=Path, help="(default: docs/img/mlflow-search-trials.png, or "
+                                            "docs/img/mlflow-champion-model.png for --page champion)")
     p.add_argument("--charts", default="valid", help="show the charts whose name contains this; '' = all "
                                                      "(default: %(default)s)")
     p.add_argument("--size", default="1600x720", help="viewport WIDTHxHEIGHT in pixels (default: %(default)s)")
@@ -324,8 +367,13 @@ def main() -> None:
     width, height = (int(v) for v in args.size.lower().split("x"))
     with contextlib.ExitStack() as stack:
         server = args.server.rstrip("/") if args.server else stack.enter_context(served_copy(args.store))
-        trials = asyncio.run(take(server, args.experiment, args.out, args.charts, width, height))
-    print(f"{args.out}: chart view of {len(trials)} search trials ({', '.join(trials)})")
+        out = args.out or Path(f"docs/img/mlflow-{'champion-model' if args.page == 'champion' else 'search-trials'}.png")
+        shown = asyncio.run(take(server, args.experiment, out, args.charts, width, height, args.page,
+                                 args.registered_model))
+    if args.page == "champion":
+        print(f"{out}: the @champion model's page ({shown[0]})")
+    else:
+        print(f"{out}: chart view of {len(shown)} search trials ({', '.join(shown)})")
 
 
 if __name__ == "__main__":

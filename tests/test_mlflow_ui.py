@@ -104,3 +104,16 @@ def test_screenshot_script_draws_the_search_trials(server, runs, tmp_path):
     with Image.open(out) as shot:
         assert shot.format == "PNG" and shot.size == (1200, 700)
         assert len(shot.convert("RGB").getcolors(maxcolors=1 << 20)) > 200  # drawn charts, not a blank page
+
+
+def test_screenshot_script_shows_the_champions_test_metrics(server, runs, tmp_path):
+    """``--page champion`` opens the logged model behind ``@champion``; it waits for the test
+    metrics evaluate linked to it, so a page without them fails the script."""
+    out = tmp_path / "champion.png"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts/screenshot_mlflow.py"), "--server", server,
+                             "--page", "champion", "--out", str(out), "--size", "1200x700"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "@champion model's page (m-" in result.stdout
+    with Image.open(out) as shot:
+        assert shot.format == "PNG" and shot.size == (1200, 700)
