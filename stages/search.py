@@ -74,11 +74,7 @@ def main() -> None:
     search = params.search
     seed_everything(search.seed)
     set_threads(0)
-    train_images, train_labels = load_split(args.data, "train", mmap=True)
-    keep = stratified_subset(train_labels, search.subset, search.seed)
-    data = SearchData(train_images[keep], train_labels[keep])
-    if search.cv == 0:
-        data = SearchData(data.train_images, data.train_labels, *load_split(args.data, "valid"))
+    data = _search_data(args.data, search)
     n_train = len(data.train_labels)
     grid = search.grid.combinations()
     optuna = search.strategy == "optuna"
@@ -102,28 +98,53 @@ def main() -> None:
             results, best, rows, where = run_optuna_search(search, params.model, setup, data, len(grid), target,
                                                            parent, args.plot)
         else:
-            results = run_search(grid, rounds, setup, data, tracking=target, n_jobs=search.n_jobs,
-                                 scheduler=search.scheduler, progress=print)
-            best = best_trial(results)  # every trial failed: SearchError, nothing written
-            rows = [r.table_row(TABLE_KEYS) for r in results]
-            latest = {r.index: row for r, row in zip(results, rows)}  # each combination at its largest resource
-            search_results(list(latest.values()), args.plot)
-            where = {"round": best.round}
-        out = Path(args.out)
-        write_json(out / "trials.json", rows)
-        write_json(out / "best_params.json", best.hp.as_dict() | {
-            "valid_acc": best.valid_acc, "valid_acc_std": best.valid_acc_std, "epochs": best.epochs,
-            "train_images": best.train_images} | where)
-        images = sum(r.images_processed for r in results)
-        parent.log_metrics({"best_valid_acc": best.valid_acc, "images_processed": images,
-                            "trials": len(results), "failed_trials": sum(r.status == "failed" for r in results),
-                            "pruned_trials": sum(r.status == "pruned" for r in results)})
-        parent.log_params({f"best.{k}": v for k, v in best.hp.as_dict().items()})
-        parent.set_tags({"fmnist.output.best_params": file_digest(out / "best_params.json")})
-        for path in (out / "trials.json", out / "best_params.json", Path(args.plot)):
-            parent.log_artifact(path)
+            results, best, rows, where = _run_rounds(grid, rounds, setup, data, target, search, args.plot)
+        _write_outputs(Path(args.out), rows, best, where)
+        images = _log_outcome(parent, results, best, Path(args.out), Path(args.plot))
     print(f"best: {best.hp.as_dict()} valid_acc={best.valid_acc:.4f} after {len(results)} trials, "
           f"{images} training images processed")
+
+
+def _search_data(folder: str, search) -> SearchData:
+    """The stratified subset of the training images the trials train on, and the validation
+    split where they are scored on it (``search.cv`` 0)."""
+    train_images, train_labels = load_split(folder, "train", mmap=True)
+    keep = stratified_subset(train_labels, search.subset, search.seed)
+    data = SearchData(train_images[keep], train_labels[keep])
+    if search.cv == 0:
+        data = SearchData(data.train_images, data.train_labels, *load_split(folder, "valid"))
+    return data
+
+
+def _run_rounds(grid, rounds, setup: TrialSetup, data: SearchData, target, search, plot: str):
+    """The grid and halving strategies: their trials, the best, the table rows; draws the plot."""
+    results = run_search(grid, rounds, setup, data, tracking=target, n_jobs=search.n_jobs,
+                         scheduler=search.scheduler, progress=print)
+    best = best_trial(results)  # every trial failed: SearchError, nothing written
+    rows = [r.table_row(TABLE_KEYS) for r in results]
+    latest = {r.index: row for r, row in zip(results, rows)}  # each combination at its largest resource
+    search_results(list(latest.values()), plot)
+    return results, best, rows, {"round": best.round}
+
+
+def _write_outputs(out: Path, rows: list[dict], best, where: dict) -> None:
+    write_json(out / "trials.json", rows)
+    write_json(out / "best_params.json", best.hp.as_dict() | {
+        "valid_acc": best.valid_acc, "valid_acc_std": best.valid_acc_std, "epochs": best.epochs,
+        "train_images": best.train_images} | where)
+
+
+def _log_outcome(parent, results, best, out: Path, plot: Path) -> int:
+    """The search run's metrics, best params and files; returns the training images processed."""
+    images = sum(r.images_processed for r in results)
+    parent.log_metrics({"best_valid_acc": best.valid_acc, "images_processed": images,
+                        "trials": len(results), "failed_trials": sum(r.status == "failed" for r in results),
+                        "pruned_trials": sum(r.status == "pruned" for r in results)})
+    parent.log_params({f"best.{k}": v for k, v in best.hp.as_dict().items()})
+    parent.set_tags({"fmnist.output.best_params": file_digest(out / "best_params.json")})
+    for path in (out / "trials.json", out / "best_params.json", plot):
+        parent.log_artifact(path)
+    return images
 
 
 if __name__ == "__main__":

@@ -37,10 +37,7 @@ def main() -> None:
                         run_id="metrics/mlflow.json").parse_args()
     params = load_params(args.params)
     train_p = params.train
-    if train_p.use_search:
-        hp = HyperParams.from_dict(read_json(args.search), args.search)
-    else:
-        hp = train_p.hyper_params()
+    hp = HyperParams.from_dict(read_json(args.search), args.search) if train_p.use_search else train_p.hyper_params()
     stage.quiet_progress_bar_in_logs()
     seed_everything(train_p.seed)
     threads = set_threads(train_p.threads)
@@ -55,10 +52,7 @@ def main() -> None:
     tags = lineage_tags("train", {"train_images": data / "train_images.npy",
                                   "valid_images": data / "valid_images.npy", "best_params": Path(args.search)})
     tags |= tracker.link("fmnist.search_run_id", "fmnist.output.best_params", tags["fmnist.input.best_params"])
-    # What makes a checkpoint resumable: the same params, precision, data and code.
-    ckpt = EpochCheckpoint(args.checkpoints, fingerprint(
-        hp.as_dict(), to_dict(train_p), to_dict(params.model), compute.precision, code_digests(__file__),
-        tags["fmnist.input.train_images"], tags["fmnist.input.valid_images"]))
+    ckpt = _checkpoint(args.checkpoints, hp, params, compute, tags)
     datasets = {"train_images": data / "train_images.npy", "valid_images": data / "valid_images.npy"}
     with tracker.run("train", tags=tags, datasets=datasets, system_metrics=True,
                      resume=ckpt.run_to_resume(train_p.max_epochs)) as run:
@@ -75,24 +69,42 @@ def main() -> None:
         start = time.perf_counter()
         trained = fit(net, train, ckpt, on_resume=logger.log_history, seed=train_p.seed)
         seconds = time.perf_counter() - start
-
-        history = epoch_history(net)
-        best = max(history, key=lambda r: r["valid_acc"])
-        save_model(net.module_, spec, args.model)
-        write_json(args.history, history)
-        write_json(args.metrics, {"best_valid_acc": best["valid_acc"], "best_epoch": best["epoch"],
-                                  "epochs": len(history), "precision": compute.precision, **hp.as_dict()})
+        history, best = _write_outputs(args, net, spec, compute, hp)
         run.log_metrics({"best_epoch": best["epoch"], "train_seconds": seconds,
                          "images_per_second": trained * len(train) / seconds if trained else 0.0})
-        model = log_trained_model(run, net.module_, spec, args.model, ckpt.best_path,
-                                  files=(args.history, args.metrics, args.params), example=valid.images[:2].numpy(),
-                                  registered_name=params.tracking.registered_model, hyper_params=hp.as_dict())
-        # on the logged model's page too, with the data it was measured on
-        run.log_metrics({"best_valid_acc": best["valid_acc"]}, model_id=model.model_id, dataset="valid_images")
+        _log_model(run, net, spec, args, ckpt, params.tracking.registered_model, hp, valid, best)
         write_run_id(args.run_id, run.id)
     ckpt.finish(len(history))  # logged above; a finished run is never resumed, so DVC need not cache it
     print(f"best valid_acc={best['valid_acc']:.4f} at epoch {best['epoch']} of {len(history)} "
           f"({trained} trained now, {seconds:.0f} s)")
+
+
+def _checkpoint(folder: str, hp: HyperParams, params, compute: Compute, tags: dict) -> EpochCheckpoint:
+    """The per-epoch checkpoint; what makes it resumable: the same params, precision, data and code."""
+    return EpochCheckpoint(folder, fingerprint(
+        hp.as_dict(), to_dict(params.train), to_dict(params.model), compute.precision, code_digests(__file__),
+        tags["fmnist.input.train_images"], tags["fmnist.input.valid_images"]))
+
+
+def _write_outputs(args, net, spec: ModelSpec, compute: Compute, hp: HyperParams) -> tuple[list[dict], dict]:
+    """The model, its per-epoch history and the metrics file; returns the history and its best epoch."""
+    history = epoch_history(net)
+    best = max(history, key=lambda r: r["valid_acc"])
+    save_model(net.module_, spec, args.model)
+    write_json(args.history, history)
+    write_json(args.metrics, {"best_valid_acc": best["valid_acc"], "best_epoch": best["epoch"],
+                              "epochs": len(history), "precision": compute.precision, **hp.as_dict()})
+    return history, best
+
+
+def _log_model(run, net, spec: ModelSpec, args, ckpt: EpochCheckpoint, registered_name: str, hp: HyperParams,
+               valid: ImageSet, best: dict) -> None:
+    """The trained model as an MLflow logged model (registered), with its best validation accuracy
+    on its page too, beside the data it was measured on."""
+    model = log_trained_model(run, net.module_, spec, args.model, ckpt.best_path,
+                              files=(args.history, args.metrics, args.params), example=valid.images[:2].numpy(),
+                              registered_name=registered_name, hyper_params=hp.as_dict())
+    run.log_metrics({"best_valid_acc": best["valid_acc"]}, model_id=model.model_id, dataset="valid_images")
 
 
 if __name__ == "__main__":
